@@ -23,6 +23,7 @@ app = typer.Typer(
 _GROUPS = [
     ("scalable.cli.telemetry", "app", "telemetry"),
     ("scalable.cli.advise", "register", None),
+    ("scalable.cli.evaluate", "register", None),
     ("scalable.cli.session", "register", None),
     ("scalable.cli.operator", "app", "operator"),
 ]
