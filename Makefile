@@ -27,6 +27,9 @@ test-e2e: testenv ## integration plus real Prometheus and real Dask
 lint: ## layer contracts (import-linter) and generated files up to date
 	lint-imports
 
+crds: ## regenerate crds/ from the custom resource models
+	$(PYTHON) -m scalable.controller.crdgen crds
+
 schemas: ## regenerate the telemetry JSON Schemas
 	$(PYTHON) -m scalable.telemetry.jsonschema operator/scalable/schemas
 

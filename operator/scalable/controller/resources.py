@@ -1,0 +1,284 @@
+"""The custom resources AdvisorModel and ScalableWorkflow, as pydantic models.
+
+These models are the single source of truth: the CRD YAML under ``crds/`` is generated from
+them (``make crds``), and the operator parses specs with them. Field names are camelCase as
+Kubernetes users expect; cross-field rules the API server enforces are declared with
+``x-kubernetes-validations`` (CEL) so invalid objects are refused at ``kubectl apply`` time.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "scalable.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$",
+        max_length=32,
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "isQuantity(self)", "message": "must be a Kubernetes quantity such as 500m, 2, 512Mi or 16Gi"}]},
+    ),
+]
+DNSName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(s|m|h))+$", max_length=32)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
+
+
+def _cel(rule: str, message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+# --- shared -----------------------------------------------------------------------------
+
+
+class Condition(_Spec):
+    """The Kubernetes condition shape (metav1.Condition)."""
+
+    type: str
+    status: str = Field(json_schema_extra={"enum": ["True", "False", "Unknown"]})
+    reason: str = ""
+    message: str = ""
+    lastTransitionTime: str | None = None
+    observedGeneration: int | None = None
+
+
+# --- AdvisorModel ------------------------------------------------------------------------
+
+
+class ModelType(str, enum.Enum):
+    gradient_boosting = "gradient_boosting"
+    random_forest = "random_forest"
+    quantile_regression = "quantile_regression"
+
+
+class Target(str, enum.Enum):
+    memory = "memory"
+    cpus = "cpus"
+    duration = "duration"
+
+
+class TelemetrySource(_Spec):
+    """Which telemetry on the operator's volume trains this model (always within its namespace)."""
+
+    workflows: list[DNSName] = Field(
+        default_factory=list,
+        description="ScalableWorkflows whose runs train the model; empty means every workflow in the namespace.",
+    )
+    tasks: list[str] = Field(default_factory=list, description="Only these task names; empty means all tasks.")
+    maxRecords: int = Field(default=1_000_000, ge=100, le=50_000_000, description="Train on at most this many of the newest records.")
+
+
+class AdvisorModelSpec(_Spec):
+    """What to train, on which telemetry, and when to retrain."""
+
+    modelType: ModelType = Field(default=ModelType.gradient_boosting, description="Learner behind the advisor.")
+    targets: list[Target] = Field(
+        default=[Target.memory, Target.cpus, Target.duration],
+        min_length=1,
+        description="What the model predicts.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    coverage: float = Field(default=0.95, ge=0.5, le=0.999, description="Promised share of future runs whose peak memory fits the recommendation.")
+    minHistory: int = Field(default=5, ge=1, le=10_000, description="Observations of a task before the learned model answers for it.")
+    confidenceThreshold: float = Field(default=0.5, ge=0, le=1, description="Below this confidence the percentile advisor answers.")
+    retrainInterval: Duration = Field(default="1h", description="Retrain at most this often, e.g. 30m, 1h, 6h.")
+    newRecordThreshold: int = Field(default=1000, ge=1, description="Retrain early once this many new records arrived.")
+    telemetry: TelemetrySource = Field(default_factory=TelemetrySource)
+
+
+class ModelQuality(_Spec):
+    coverage: float | None = Field(default=None, description="Measured held-out coverage of the memory recommendation.")
+    underProvisionRate: float | None = None
+    slack: float | None = None
+    maeMemoryBytes: float | None = None
+    maeDurationSeconds: float | None = None
+
+
+class ModelPhase(str, enum.Enum):
+    Pending = "Pending"
+    Training = "Training"
+    Ready = "Ready"
+    InsufficientData = "InsufficientData"
+    Failed = "Failed"
+
+
+class AdvisorModelStatus(_Spec):
+    phase: ModelPhase = ModelPhase.Pending
+    modelVersion: str | None = None
+    trainedAt: str | None = None
+    runs: int | None = None
+    records: int | None = None
+    coverage: str | None = Field(default=None, description="Measured coverage, formatted for kubectl get.")
+    quality: ModelQuality | None = None
+    decision: str | None = Field(default=None, description="Why the last challenger was promoted or kept back.")
+    lastError: str | None = None
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# --- ScalableWorkflow -------------------------------------------------------------------
+
+
+class ResourceMode(str, enum.Enum):
+    Off = "Off"
+    Initial = "Initial"
+    Auto = "Auto"
+
+
+class ResourceBounds(_Spec):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class ResourcePolicy(_Spec):
+    """How recommendations reach the worker pod template, VPA-style."""
+
+    mode: ResourceMode = Field(default=ResourceMode.Initial, description="Off: recommend only. Initial: set requests for new workers. Auto: also keep them current.")
+    minAllowed: ResourceBounds = Field(default_factory=ResourceBounds)
+    maxAllowed: ResourceBounds = Field(default_factory=ResourceBounds)
+    containerName: str = Field(default="worker", description="The Dask worker container in the pod template.")
+
+
+class WorkerGroup(_Spec):
+    """One Dask worker group: ``default`` is the DaskCluster's own, others are DaskWorkerGroups."""
+
+    model_config = ConfigDict(**_Spec.model_config, json_schema_extra={
+        "x-kubernetes-validations": [
+            {"rule": "self.minWorkers <= self.maxWorkers", "message": "minWorkers must be <= maxWorkers"},
+            {
+                "rule": "!has(self.resourcePolicy.minAllowed.memory) || !has(self.resourcePolicy.maxAllowed.memory) || "
+                "quantity(self.resourcePolicy.minAllowed.memory).compareTo(quantity(self.resourcePolicy.maxAllowed.memory)) <= 0",
+                "message": "resourcePolicy.minAllowed.memory must be <= maxAllowed.memory",
+            },
+            {
+                "rule": "!has(self.resourcePolicy.minAllowed.cpu) || !has(self.resourcePolicy.maxAllowed.cpu) || "
+                "quantity(self.resourcePolicy.minAllowed.cpu).compareTo(quantity(self.resourcePolicy.maxAllowed.cpu)) <= 0",
+                "message": "resourcePolicy.minAllowed.cpu must be <= maxAllowed.cpu",
+            },
+        ]
+    })
+
+
+    name: DNSName = Field(description="'default' for the DaskCluster's default group, else the DaskWorkerGroup's name.")
+    task: str = Field(min_length=1, max_length=253, description="Task name whose history sizes this group's workers.")
+    tag: str | None = Field(default=None, description="Tag the workflow submits this group's tasks with; defaults to name.")
+    inputFeatures: dict[str, str] = Field(default_factory=dict, description="Typical input features of the group's tasks (numbers as strings).")
+    minWorkers: int = Field(default=0, ge=0, le=10_000)
+    maxWorkers: int = Field(default=10, ge=0, le=10_000)
+    resourcePolicy: ResourcePolicy = Field(default_factory=ResourcePolicy)
+
+
+class ScalingMode(str, enum.Enum):
+    Predictive = "Predictive"
+    Reactive = "Reactive"
+    Off = "Off"
+
+
+class PrometheusQueries(_Spec):
+    """PromQL templates; ``$cluster`` and ``$namespace`` are substituted (string.Template)."""
+
+    queued: str = 'sum(dask_scheduler_tasks{state=~"queued|no-worker|waiting",namespace="$namespace",cluster="$cluster"})'
+    processing: str = 'sum(dask_scheduler_tasks{state="processing",namespace="$namespace",cluster="$cluster"})'
+    workers: str = 'sum(dask_scheduler_workers{state!="closed",namespace="$namespace",cluster="$cluster"})'
+
+
+class PrometheusSource(_Spec):
+    url: str | None = Field(default=None, pattern=r"^https?://", description="Prometheus base URL; defaults to the operator's --prometheus-url.")
+    queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
+    timeoutSeconds: float = Field(default=5, gt=0, le=60)
+
+
+class Scaling(_Spec):
+
+    model_config = ConfigDict(**_Spec.model_config, json_schema_extra=_cel(
+        "self.scaleDownThreshold < self.scaleUpThreshold", "scaleDownThreshold must be below scaleUpThreshold"
+    ))
+
+    mode: ScalingMode = Field(default=ScalingMode.Predictive)
+    scaleUpThreshold: float = Field(default=0.8, gt=0, le=10)
+    scaleDownThreshold: float = Field(default=0.3, ge=0, le=10)
+    cooldownSeconds: int = Field(default=60, ge=0, le=86_400)
+    pollIntervalSeconds: int = Field(default=15, ge=1, le=3_600)
+    prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
+
+
+class LocalRef(_Spec):
+    name: DNSName
+
+
+class ScalableWorkflowSpec(_Spec):
+    """Which Dask cluster to size and scale, from which model, and within which bounds."""
+
+    model_config = ConfigDict(**_Spec.model_config, json_schema_extra=_cel(
+        "self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))", "workerGroups names must be unique"
+    ))
+
+
+    clusterRef: LocalRef = Field(description="The DaskCluster in this namespace.")
+    advisorModelRef: LocalRef | None = Field(default=None, description="The AdvisorModel in this namespace; without one, the percentile advisor.")
+    workerGroups: list[WorkerGroup] = Field(min_length=1, max_length=64)
+    scaling: Scaling = Field(default_factory=Scaling)
+
+
+class Recommendation(_Spec):
+    cpu: str | None = None
+    memory: str | None = None
+    confidence: float | None = None
+    method: str | None = None
+    basis: str | None = None
+    modelVersion: str | None = None
+
+
+class Decision(_Spec):
+    time: str
+    action: str
+    fromReplicas: int = Field(alias="from")
+    toReplicas: int = Field(alias="to")
+    reason: str
+    mode: str | None = None
+    predictedLoad: float | None = None
+    confidence: float | None = None
+    queued: float | None = None
+    processing: float | None = None
+
+
+class GroupStatus(_Spec):
+    name: str
+    recommendation: Recommendation | None = None
+    currentReplicas: int | None = None
+    desiredReplicas: int | None = None
+    lastDecision: Decision | None = None
+
+
+class ScalableWorkflowStatus(_Spec):
+    """Per group results plus a summary of the first group for ``kubectl get``."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    confidence: str | None = None
+    currentWorkers: int | None = None
+    desiredWorkers: int | None = None
+    groups: list[GroupStatus] = Field(default_factory=list)
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class AdvisorModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    spec: AdvisorModelSpec = Field(default_factory=AdvisorModelSpec)
+    status: AdvisorModelStatus | None = None
+
+
+class ScalableWorkflow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    spec: ScalableWorkflowSpec
+    status: ScalableWorkflowStatus | None = None
