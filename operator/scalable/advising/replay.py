@@ -49,7 +49,12 @@ __all__ = [
     "best_percentile_at_rate",
     "requested_baseline",
     "last_jobs_mean",
+    "summarize_memory",
+    "DEFAULT_RATES",
 ]
+
+#: under-provision rates at which advisors are compared
+DEFAULT_RATES = (0.01, 0.02, 0.05)
 
 #: target name -> (observed column in the task frame, attribute of a Recommendation)
 TARGETS: dict[str, tuple[str, str]] = {
@@ -491,6 +496,8 @@ def replay_many(
                     part[col] = pred[col].to_numpy(dtype=float)
             else:
                 part[p.name] = pd.to_numeric(pred[target], errors="coerce").to_numpy(dtype=float)
+                if target != "duration":
+                    part[f"{p.name}:duration"] = pd.to_numeric(pred["duration"], errors="coerce").to_numpy(dtype=float)
                 part[f"{p.name}:confidence"] = pd.to_numeric(pred["confidence"], errors="coerce").to_numpy()
                 part[f"{p.name}:method"] = pred["method"].to_numpy()
         answers.append(part)
@@ -508,6 +515,8 @@ def replay_many(
                  if c in jobs.columns]
     scored = jobs.loc[predicted.index, base_cols + feat_cols].copy()
     scored["used"] = jobs.loc[predicted.index, column].astype(float)
+    if "duration_s" in jobs.columns:
+        scored["duration_s"] = jobs.loc[predicted.index, "duration_s"].astype(float)
     scored = pd.concat([scored, predicted], axis=1)
     stats = {p.name: p.stats() for p in predictors if hasattr(p, "stats")}
     return ReplayResult(target=target, scored=scored, predictors=stats, blocks=len(blocks),
@@ -581,4 +590,32 @@ def last_jobs_mean(frame: pd.DataFrame, *, key: str = "tag", column: str = "dura
             mean = (csum[pos] - csum[lo]) / cnt
         mean[cnt == 0] = np.nan
         out.loc[group.index] = mean
+    return out
+
+
+def summarize_memory(result: ReplayResult, advisors: Sequence[str],
+                     rates: Sequence[float] = DEFAULT_RATES) -> dict[str, Any]:
+    """The memory comparison in one structure (what the CLI prints and the benchmark records).
+
+    For each advisor: the rate and slack as it answered (its own calibration), and the slack
+    once margin-tuned to each of ``rates``. The best percentile advisor is tuned the same way
+    (best variant chosen per rate); requested resources are reported as they were asked.
+    """
+    truth = result.truth
+    out: dict[str, Any] = {"n_scored": int(truth.notna().sum()), "rates": list(rates), "advisors": {}}
+    for name in advisors:
+        rec = result.scored[name]
+        entry: dict[str, Any] = {"as_is": score_memory(rec, truth)}
+        entry["at_rate"] = {f"{r:g}": slack_at_rate(rec, truth, r) for r in rates}
+        method_col = f"{name}:method"
+        if method_col in result.scored.columns:
+            entry["methods"] = {str(k): int(v) for k, v in result.scored[method_col].value_counts().items()}
+        dur_col = f"{name}:duration"
+        if dur_col in result.scored.columns and "duration_s" in result.scored.columns:
+            entry["duration"] = score_duration(result.scored[dur_col], result.scored["duration_s"])
+        out["advisors"][name] = entry
+    if any(" of task" in c for c in result.scored.columns):
+        out["best_percentile"] = {f"{r:g}": best_percentile_at_rate(result, r) for r in rates}
+    requested = requested_baseline(result)
+    out["requested"] = None if requested is None else score_memory(requested, truth)
     return out

@@ -1,0 +1,188 @@
+"""``scalable evaluate``: how would the advisors have done on this history?
+
+It replays the runs directory in submit order (each recommendation sees only what had finished
+before the job was submitted), scores the later part, and prints under-provision rate and slack
+for the LearnedAdvisor, the ResourceAdvisor and what the jobs requested, plus the slack of each
+at equal under-provision rates, the only fair way to compare them. The trade-off curve goes to a
+PNG. Everything heavy is imported inside the command so that ``scalable --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from scalable.cli.errors import fail
+
+MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
+
+
+def _pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{100 * value:.1f}%"
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _finite(obj.item())
+    return obj
+
+
+def run_evaluation(frame, *, model_type: str, coverage: float, score_fraction: float,
+                   block_size: int, refit_every: int, progress=None):
+    """Replay ``frame`` through both advisors and the percentile baselines; return result and
+    summary. Kept apart from the command so tests and benchmarks can call it directly."""
+    from scalable.advising.learned_advisor import LearnedAdvisor
+    from scalable.advising.replay import AdvisorPredictor, PercentileBaseline, replay_many, summarize_memory
+    from scalable.advising.resource_advisor import ResourceAdvisor
+
+    learned = AdvisorPredictor("LearnedAdvisor", lambda: LearnedAdvisor(model_type=model_type, coverage=coverage))
+    resource = AdvisorPredictor("ResourceAdvisor", lambda: ResourceAdvisor(coverage=coverage))
+    result = replay_many(frame, [learned, resource, PercentileBaseline()], target="memory",
+                         score_fraction=score_fraction, block_size=block_size,
+                         refit_every=refit_every, progress=progress)
+    summary = summarize_memory(result, ["LearnedAdvisor", "ResourceAdvisor"])
+    summary["replay"] = {"jobs": result.n_jobs, "blocks": result.blocks, "refits": result.refits,
+                         "seconds": result.seconds, "predictors": result.predictors}
+    return result, summary
+
+
+def _plot(result, summary: dict[str, Any], path: Path) -> Path:
+    from scalable.advising.plots import plot_tradeoff
+    from scalable.advising.replay import requested_baseline, tradeoff_curve
+
+    truth = result.truth
+    curves = {name: tradeoff_curve(result.scored[name], truth) for name in summary["advisors"]}
+    best = (summary.get("best_percentile") or {}).get("0.02")
+    if best and best.get("variant"):
+        curves[f"percentile ({best['variant']})"] = tradeoff_curve(result.scored[best["variant"]], truth)
+    points = {name: (e["as_is"]["under_provision_rate"], e["as_is"]["slack"])
+              for name, e in summary["advisors"].items()}
+    requested = requested_baseline(result)
+    if requested is not None:
+        req = summary["requested"]
+        points["requested"] = (req["under_provision_rate"], req["slack"])
+    return plot_tradeoff(curves, path, points=points, rates=summary["rates"])
+
+
+def _print_table(summary: dict[str, Any], runs_dir: Path, coverage: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rates = [f"{r:g}" for r in summary["rates"]]
+    table = Table(title=f"Memory advice replayed in time order: {runs_dir} "
+                        f"({summary['n_scored']} jobs scored)")
+    table.add_column("advisor")
+    table.add_column("under-provision", justify="right")
+    table.add_column("slack", justify="right")
+    for r in rates:
+        table.add_column(f"slack @ {_pct(float(r))} under", justify="right")
+    table.add_column("duration MAE", justify="right")
+    for name, entry in summary["advisors"].items():
+        dur = entry.get("duration", {}).get("mae_s")
+        table.add_row(
+            f"{name} (coverage {coverage:g})",
+            _pct(entry["as_is"]["under_provision_rate"]),
+            _pct(entry["as_is"]["slack"]),
+            *[_pct(entry["at_rate"][r]["slack"]) for r in rates],
+            "n/a" if dur is None or not math.isfinite(dur) else f"{dur:,.0f} s",
+        )
+    best = summary.get("best_percentile")
+    if best:
+        table.add_row("best tuned percentile", "-", "-",
+                      *[f"{_pct(best[r]['slack'])} ({best[r]['variant']})" for r in rates], "")
+    req = summary.get("requested")
+    if req is None:
+        table.add_row("requested resources", "n/a", "n/a", *["" for _ in rates], "",
+                      end_section=True)
+    else:
+        table.add_row("requested resources", _pct(req["under_provision_rate"]), _pct(req["slack"]),
+                      *["" for _ in rates], "")
+    console = Console()
+    console.print(table)
+    console.print("under-provision: recommended < used (the job would be OOM-killed); slack: "
+                  "share of recommended memory left idle by the jobs that fit. Columns 'slack @ x' "
+                  "scale each advisor by the margin that reaches exactly x under-provisioning.",
+                  style="dim")
+
+
+def evaluate(
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="telemetry runs directory "
+                                            "(default $SCALABLE_RUNS_DIR or ./.scalable/runs)"),
+    model_type: str = typer.Option("gradient_boosting", "--model-type",
+                                   help="LearnedAdvisor model: " + ", ".join(MODEL_TYPES)),
+    coverage: float = typer.Option(0.95, "--coverage", help="memory coverage target of both advisors"),
+    plot: Path = typer.Option(Path("scalable-evaluate.png"), "--plot", help="where to write the trade-off PNG"),
+    output_format: str = typer.Option("text", "--format", help="text or json"),
+    score_fraction: float = typer.Option(0.5, "--score-fraction", help="later fraction of jobs that is scored"),
+    block_size: int = typer.Option(200, "--block-size", help="jobs answered per knowledge cutoff"),
+    refit_every: int = typer.Option(5000, "--refit-every", help="scored jobs between refits"),
+) -> None:
+    """Replay history in time order and score the advisors' memory advice."""
+    if output_format not in ("text", "json"):
+        raise fail(f"--format must be text or json, not {output_format!r}")
+    if model_type not in MODEL_TYPES:
+        raise fail(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    if not 0 < coverage < 1:
+        raise fail(f"--coverage must be between 0 and 1 (exclusive), not {coverage:g}")
+    if not 0 < score_fraction < 1:
+        raise fail(f"--score-fraction must be between 0 and 1 (exclusive), not {score_fraction:g}")
+    if block_size < 1 or refit_every < 1:
+        raise fail("--block-size and --refit-every must be at least 1")
+
+    from scalable.telemetry.loader import load_tasks
+    from scalable.telemetry.store import default_runs_dir
+
+    runs_dir = runs_dir if runs_dir is not None else default_runs_dir()
+    if not runs_dir.is_dir():
+        raise fail(f"runs directory {str(runs_dir)!r} does not exist (record or import telemetry first: "
+                   "scalable telemetry import --format swf FILE --runs-dir DIR)")
+    frame = load_tasks(runs_dir).frame
+    if frame.empty or "peak_memory_bytes" not in frame.columns or frame["peak_memory_bytes"].notna().sum() < 4:
+        raise fail(f"{runs_dir} holds too few task records with observed peak memory to evaluate "
+                   f"({0 if frame.empty else int(frame['peak_memory_bytes'].notna().sum())}; need at least 4)")
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=Console(stderr=True), transient=True) as bar:
+        task_id = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.update(task_id, completed=done, total=total, description=message)
+
+        try:
+            result, summary = run_evaluation(frame, model_type=model_type, coverage=coverage,
+                                             score_fraction=score_fraction, block_size=block_size,
+                                             refit_every=refit_every, progress=progress)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    if summary["n_scored"] == 0:
+        raise fail(f"no job in the later part of {runs_dir} could be scored: history is too short")
+    plot_path = _plot(result, summary, plot)
+    summary["plot"] = str(plot_path)
+    summary["coverage"] = coverage
+    summary["model_type"] = model_type
+    if output_format == "json":
+        typer.echo(json.dumps(_finite(summary), indent=2))
+    else:
+        _print_table(summary, runs_dir, coverage)
+        typer.echo(f"trade-off plot: {plot_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``scalable evaluate`` to the root CLI."""
+    app.command("evaluate")(evaluate)
