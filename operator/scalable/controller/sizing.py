@@ -1,0 +1,251 @@
+"""From a recommendation to the resources of the Dask worker container in a pod template.
+
+Pure functions, so every rule here is unit-tested without a cluster:
+
+* **clamp**: the recommendation is bounded by the group's ``minAllowed``/``maxAllowed`` and by a
+  floor below which a Dask worker cannot start (100m CPU, 256Mi memory); each bound that bit is
+  named, because the Event must say *why* the template got what it got.
+* **requests = limits**: the worker gets Guaranteed QoS. Dask derives its thread count and its
+  memory limit from the container's cgroup limits, so limits equal to the recommendation make
+  Dask's own memory management (spill, pause, restart at 95 %) agree with the number we learned;
+  a limit far above the request would let a worker outgrow its node and be OOM-killed by the
+  kernel instead of spilling.
+* **when to write**: ``Off`` never; ``Initial`` once per workflow generation (the template is
+  sized when the workflow is created or its spec changes); ``Auto`` also whenever the
+  recommendation moves by more than 10 % (e.g. after a retrain). In every mode only *new*
+  workers get the new resources: dask-kubernetes never restarts running workers.
+* **the patch** is a JSON patch guarded by a ``test`` of the container's name at its index,
+  so a concurrent edit of the container list makes the API server refuse it instead of
+  writing resources into the wrong container.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scalable.units import MiB, QuantityError, format_cpu, format_memory, parse_cpu, parse_memory
+
+__all__ = [
+    "ANNOTATION_SIZED",
+    "MIN_CPU",
+    "MIN_MEMORY",
+    "Sized",
+    "SizingError",
+    "clamp",
+    "container_index",
+    "current_resources",
+    "describe_change",
+    "resources_block",
+    "should_apply",
+    "template_patch",
+]
+
+MIN_CPU = 0.1
+MIN_MEMORY = 256 * MiB
+HYSTERESIS = 0.10
+#: annotation on the DaskCluster / DaskWorkerGroup: which workflow sized it, at which generation, with what
+ANNOTATION_SIZED = "scalable.dev/sized"
+
+
+class SizingError(ValueError):
+    """The pod template cannot be sized (no such container, unreadable quantities)."""
+
+
+@dataclass(frozen=True)
+class Sized:
+    """What the worker container gets, and which bounds changed the recommendation."""
+
+    cpus: float
+    memory_bytes: int
+    recommended_cpus: float
+    recommended_memory_bytes: int
+    bounded_by: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def cpu(self) -> str:
+        return format_cpu(self.cpus)
+
+    @property
+    def memory(self) -> str:
+        return format_memory(self.memory_bytes)
+
+
+def _bound(value: Mapping[str, Any] | Any, key: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return value.get(key)
+    return getattr(value, key, None)
+
+
+def clamp(cpus: float, memory_bytes: float, min_allowed: Any = None, max_allowed: Any = None) -> Sized:
+    """Bound a recommendation; ``min_allowed``/``max_allowed`` are ResourceBounds or mappings.
+
+    Memory is rounded up to whole MiB and CPU up to whole millicores *before* the upper bound
+    is applied, so the result never exceeds ``maxAllowed`` and never prints smaller than
+    what was recommended.
+    """
+    if not (math.isfinite(cpus) and math.isfinite(memory_bytes)) or cpus < 0 or memory_bytes < 0:
+        raise SizingError(f"recommendation must be finite and non-negative, got cpus={cpus!r} memory={memory_bytes!r}")
+    bounded: list[str] = []
+    cpu_value = parse_cpu(format_cpu(cpus)) if cpus > 0 else 0.0
+    mem_value = -(-int(memory_bytes) // MiB) * MiB if memory_bytes > 0 else 0
+    if cpu_value < MIN_CPU:
+        cpu_value = MIN_CPU
+        bounded.append(f"cpu raised to the {format_cpu(MIN_CPU)} floor")
+    if mem_value < MIN_MEMORY:
+        mem_value = MIN_MEMORY
+        bounded.append(f"memory raised to the {format_memory(MIN_MEMORY)} floor")
+    try:
+        lo_cpu = _bound(min_allowed, "cpu")
+        hi_cpu = _bound(max_allowed, "cpu")
+        lo_mem = _bound(min_allowed, "memory")
+        hi_mem = _bound(max_allowed, "memory")
+        if lo_cpu is not None and cpu_value < parse_cpu(lo_cpu):
+            cpu_value = parse_cpu(lo_cpu)
+            bounded.append(f"cpu raised to minAllowed {lo_cpu}")
+        if hi_cpu is not None and cpu_value > parse_cpu(hi_cpu):
+            cpu_value = parse_cpu(hi_cpu)
+            bounded.append(f"cpu capped at maxAllowed {hi_cpu}")
+        if lo_mem is not None and mem_value < parse_memory(lo_mem):
+            mem_value = parse_memory(lo_mem)
+            bounded.append(f"memory raised to minAllowed {lo_mem}")
+        if hi_mem is not None and mem_value > parse_memory(hi_mem):
+            mem_value = parse_memory(hi_mem)
+            bounded.append(f"memory capped at maxAllowed {hi_mem}")
+    except QuantityError as exc:
+        raise SizingError(f"resourcePolicy bound is not a quantity: {exc}") from exc
+    return Sized(cpu_value, int(mem_value), float(cpus), int(memory_bytes), tuple(bounded))
+
+
+def _exact_memory(num_bytes: int) -> str:
+    """A quantity that means exactly ``num_bytes`` (a bound like 1500M is not a whole MiB)."""
+    text = format_memory(num_bytes)
+    return text if parse_memory(text) == num_bytes else str(num_bytes)
+
+
+def resources_block(sized: Sized) -> dict[str, dict[str, str]]:
+    """``resources`` of the worker container: requests equal limits (see the module docstring)."""
+    values = {"cpu": format_cpu(sized.cpus), "memory": _exact_memory(sized.memory_bytes)}
+    return {"requests": dict(values), "limits": dict(values)}
+
+
+def container_index(pod_spec: Mapping[str, Any] | None, name: str) -> int:
+    """Index of the container called ``name`` in a pod spec."""
+    containers = list((pod_spec or {}).get("containers") or [])
+    for index, container in enumerate(containers):
+        if container.get("name") == name:
+            return index
+    names = ", ".join(repr(c.get("name")) for c in containers) or "none"
+    raise SizingError(
+        f"the worker pod template has no container named {name!r} (containers: {names}); "
+        "set resourcePolicy.containerName"
+    )
+
+
+def current_resources(container: Mapping[str, Any]) -> tuple[float | None, int | None]:
+    """(cpus, memory bytes) the container asks for now: requests, else limits; None if unset."""
+    resources = container.get("resources") or {}
+    cpu = (resources.get("requests") or {}).get("cpu") or (resources.get("limits") or {}).get("cpu")
+    memory = (resources.get("requests") or {}).get("memory") or (resources.get("limits") or {}).get("memory")
+    try:
+        return (parse_cpu(cpu) if cpu is not None else None, parse_memory(memory) if memory is not None else None)
+    except QuantityError as exc:
+        raise SizingError(f"the worker container's resources cannot be read: {exc}") from exc
+
+
+def _moved(old: float | None, new: float, tolerance: float) -> bool:
+    if old is None or old <= 0:
+        return True
+    return abs(new - old) / old > tolerance
+
+
+def should_apply(
+    mode: str,
+    container: Mapping[str, Any],
+    sized: Sized,
+    annotation: str | None,
+    workflow_key: str,
+    generation: int,
+) -> tuple[bool, str]:
+    """Whether to write ``sized`` into the template, and why (or why not).
+
+    ``annotation`` is the value of :data:`ANNOTATION_SIZED` on the target object, as written by
+    :func:`template_patch`; it tells whether this workflow already sized it and at which
+    generation of its spec.
+    """
+    old_cpu, old_mem = current_resources(container)
+    same = old_cpu is not None and old_mem is not None and abs(old_cpu - sized.cpus) < 1e-9 and old_mem == sized.memory_bytes
+    if mode == "Off":
+        return False, "resourcePolicy.mode is Off: recommendation only"
+    if same:
+        return False, "the worker template already has the recommended resources"
+    previous: dict[str, Any] = {}
+    if annotation:
+        try:
+            previous = json.loads(annotation)
+        except ValueError:
+            previous = {}
+    sized_before = previous.get("workflow") == workflow_key
+    if not sized_before:
+        return True, "first sizing of this worker group"
+    if previous.get("generation") != generation:
+        return True, f"the ScalableWorkflow spec changed (generation {previous.get('generation')} -> {generation})"
+    if mode == "Initial":
+        return False, "resourcePolicy.mode is Initial: sized once for this spec generation"
+    if _moved(old_cpu, sized.cpus, HYSTERESIS) or _moved(old_mem, sized.memory_bytes, HYSTERESIS):
+        return True, f"the recommendation moved by more than {HYSTERESIS:.0%}"
+    return False, f"the recommendation moved by less than {HYSTERESIS:.0%}"
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def template_patch(
+    obj: Mapping[str, Any],
+    container_name: str,
+    sized: Sized,
+    workflow_key: str,
+    generation: int,
+    base: str = "/spec/worker/spec",
+) -> list[dict[str, Any]]:
+    """JSON patch that sets the worker container's resources in ``obj``'s pod template.
+
+    ``obj`` is a DaskCluster or DaskWorkerGroup; both keep the worker pod spec under
+    ``spec.worker.spec``. The patch also records, in an annotation, which workflow sized the
+    template and at which generation, which :func:`should_apply` reads back.
+    """
+    pod_spec = ((obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
+    index = container_index(pod_spec, container_name)
+    record = json.dumps(
+        {"workflow": workflow_key, "generation": generation, "cpu": sized.cpu, "memory": sized.memory},
+        sort_keys=True,
+    )
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": f"{base}/containers/{index}/name", "value": container_name},
+        {"op": "add", "path": f"{base}/containers/{index}/resources", "value": resources_block(sized)},
+    ]
+    annotations = (obj.get("metadata") or {}).get("annotations")
+    if annotations is None:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION_SIZED: record}})
+    else:
+        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(ANNOTATION_SIZED)}", "value": record})
+    return ops
+
+
+def describe_change(container: Mapping[str, Any], sized: Sized, basis: str | None = None) -> str:
+    """One line for the Event: old -> new resources, the advisor's basis and the bounds that bit."""
+    old_cpu, old_mem = current_resources(container)
+    old_cpu_text = format_cpu(old_cpu) if old_cpu is not None else "unset"
+    old_mem_text = format_memory(old_mem) if old_mem is not None else "unset"
+    text = f"worker cpu {old_cpu_text} -> {sized.cpu}, memory {old_mem_text} -> {sized.memory}"
+    if basis:
+        text += f" ({basis})"
+    if sized.bounded_by:
+        text += "; " + "; ".join(sized.bounded_by)
+    return text
