@@ -1,0 +1,367 @@
+"""ResourceAdvisor: deterministic, explainable recommendations from a task's own history.
+
+It is the baseline everything else is measured against and the answer of last resort, so it
+stays simple enough to explain in one line: a percentile of what the task used, widened
+while history is short, never below a minimum, and never below what an OOM kill proved
+necessary. It learns only from observed usage, never from what was requested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from scalable.advising.estimators import (
+    Chain,
+    History,
+    Minimum,
+    OOMBump,
+    Percentile,
+    SafetyMargin,
+    ShortHistoryWidening,
+    oom_floor,
+)
+from scalable.advising.recommendation import Recommendation
+from scalable.units import format_memory, parse_cpu, parse_memory
+
+__all__ = ["ResourceAdvisor", "TARGETS", "USAGE_STATES", "usage_columns"]
+
+TARGETS = (None, "memory", "cpus", "duration")
+#: runs whose usage is a full measurement of what the task needs
+USAGE_STATES = ("succeeded", "erred")
+REQUIRED_COLUMNS = ("task", "state", "peak_memory_bytes", "cpu_seconds", "duration_s")
+
+
+@dataclass(frozen=True)
+class _TaskHistory:
+    memory: History
+    cpus: History
+    duration: np.ndarray
+
+
+def usage_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Observed memory, cpus and duration per row, NaN where not a usable observation.
+
+    CPUs used are ``cpu_seconds / duration_s``; runs that did not finish normally (OOM-killed,
+    cancelled) are not measurements of need and come out as NaN.
+    """
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"task frame lacks column(s) {', '.join(missing)}")
+    usable = frame["state"].astype(str).isin(USAGE_STATES).to_numpy()
+    duration = frame["duration_s"].to_numpy(dtype=float, na_value=np.nan)
+    cpu_seconds = frame["cpu_seconds"].to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cpus = np.where(duration > 0, cpu_seconds / duration, np.nan)
+    memory = frame["peak_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
+    return pd.DataFrame(
+        {
+            "memory": np.where(usable, memory, np.nan),
+            "cpus": np.where(usable, cpus, np.nan),
+            "duration": np.where(usable, duration, np.nan),
+        },
+        index=frame.index,
+    )
+
+
+class ResourceAdvisor(BaseEstimator):
+    """Percentile-of-usage recommendations per task, composed from plain estimators.
+
+    Parameters
+    ----------
+    coverage:
+        The percentile of observed usage to recommend (0.95 = p95).
+    safety_margin:
+        Factor on the percentile (VPA uses 1.15 on p90); 1.0 leaves the percentile alone, so
+        the answer is what the basis says.
+    short_history:
+        Below this many runs the estimate is widened by ``1 + 1/n`` (VPA's confidence
+        widening, counted in runs). 0 turns widening off.
+    min_memory, min_cpus:
+        Floors (VPA: 250 MiB, 25 millicores). Any memory unit is accepted.
+    default_memory, default_cpus:
+        The answer for a task never seen; deliberately generous, and the basis says so.
+    use_tag_history:
+        For a task never seen, answer from the runs of its tag (worker group or user) before
+        giving up and answering with the default.
+    """
+
+    def __init__(
+        self,
+        coverage: float = 0.95,
+        safety_margin: float = 1.0,
+        short_history: int = 20,
+        min_memory: str | int = "250Mi",
+        min_cpus: float | str = 0.025,
+        default_memory: str | int = "4Gi",
+        default_cpus: int = 1,
+        use_tag_history: bool = False,
+    ) -> None:
+        self.coverage = coverage
+        self.safety_margin = safety_margin
+        self.short_history = short_history
+        self.min_memory = min_memory
+        self.min_cpus = min_cpus
+        self.default_memory = default_memory
+        self.default_cpus = default_cpus
+        self.use_tag_history = use_tag_history
+
+    @classmethod
+    def from_history(cls, runs_dir: Any = None, **params: Any) -> "ResourceAdvisor":
+        """Fit on every task observation under ``runs_dir`` (default ``./.scalable/runs``)."""
+        from scalable.telemetry.loader import load_tasks
+
+        return cls(**params).fit(load_tasks(runs_dir).frame)
+
+    def fit(self, frame: pd.DataFrame, y: Any = None) -> "ResourceAdvisor":
+        """Collect, per task (and per tag), the observed usage of every run in ``frame``."""
+        self._check_params()
+        self.tasks_ = _histories(frame, "task")
+        self.tags_ = _histories(frame, "tag") if self.use_tag_history and "tag" in frame.columns else {}
+        self.task_tags_ = _last_tags(frame) if self.use_tag_history else {}
+        self.n_observations_ = int(len(frame))
+        self._cache: dict[tuple, Recommendation] = {}
+        return self
+
+    def update(self, frame: pd.DataFrame) -> "ResourceAdvisor":
+        """Add newly finished observations without forgetting the old ones."""
+        if not hasattr(self, "tasks_"):
+            return self.fit(frame)
+        _merge(self.tasks_, _histories(frame, "task"))
+        if self.use_tag_history and "tag" in frame.columns:
+            _merge(self.tags_, _histories(frame, "tag"))
+            self.task_tags_.update(_last_tags(frame))
+        self.n_observations_ += int(len(frame))
+        self._cache = {}
+        return self
+
+    def history_size(self, task: str) -> int:
+        """How many usable memory observations back the answer for ``task``."""
+        history = self.tasks_.get(task)
+        return 0 if history is None else history.memory.n
+
+    def recommend(
+        self,
+        task: str,
+        target: str | None = None,
+        coverage: float | None = None,
+        input_features: Mapping[str, Any] | None = None,
+    ) -> Recommendation:
+        """Resources for the next run of ``task``.
+
+        ``input_features`` is accepted so that callers can treat both advisors alike; a
+        percentile of history does not depend on them. ``target`` chooses which quantity the
+        basis explains ("memory" by default, "cpus" or "duration").
+        """
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
+        coverage = self.coverage if coverage is None else coverage
+        key = (task, target, coverage)
+        cached = self._cache.get(key) if hasattr(self, "_cache") else None
+        if cached is not None:
+            return cached
+        rec = self._recommend(task, target, coverage)
+        self._cache[key] = rec
+        return rec
+
+    def recommend_batch(self, requests: Iterable[Mapping[str, Any] | str]) -> list[Recommendation]:
+        """One Recommendation per request, in order; a request is a task name or a mapping with
+        ``task`` (and optionally ``target``, ``coverage``, ``input_features``)."""
+        out = []
+        for request in requests:
+            if isinstance(request, str):
+                out.append(self.recommend(request))
+            else:
+                out.append(
+                    self.recommend(
+                        request["task"], target=request.get("target"), coverage=request.get("coverage")
+                    )
+                )
+        return out
+
+    def _check_params(self) -> None:
+        if not 0.0 < float(self.coverage) <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], not {self.coverage!r}")
+        self.min_memory_bytes_ = parse_memory(self.min_memory)
+        self.min_cpus_ = parse_cpu(self.min_cpus)
+        self.default_memory_bytes_ = parse_memory(self.default_memory)
+
+    def _memory_chain(self, coverage: float) -> Chain:
+        steps: list[Any] = [Percentile(coverage)]
+        if self.safety_margin != 1.0:
+            steps.append(SafetyMargin(self.safety_margin))
+        if self.short_history:
+            steps.append(ShortHistoryWidening(until=self.short_history))
+        steps += [Minimum(self.min_memory_bytes_, "bytes"), OOMBump()]
+        return Chain(tuple(steps))
+
+    def _cpu_chain(self, coverage: float) -> Chain:
+        steps: list[Any] = [Percentile(coverage)]
+        if self.safety_margin != 1.0:
+            steps.append(SafetyMargin(self.safety_margin))
+        if self.short_history:
+            steps.append(ShortHistoryWidening(until=self.short_history))
+        steps.append(Minimum(self.min_cpus_, "cpus"))
+        return Chain(tuple(steps))
+
+    def _recommend(self, task: str, target: str | None, coverage: float) -> Recommendation:
+        if not hasattr(self, "tasks_"):
+            raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
+        if not 0.0 < coverage <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
+        history = self.tasks_.get(task)
+        prefix = ""
+        if (history is None or history.memory.n == 0) and self.use_tag_history:
+            tag = self.task_tags_.get(task)
+            if tag is not None and tag in self.tags_ and self.tags_[tag].memory.n:
+                history = self.tags_[tag]
+                prefix = f"no history for task {task!r}; runs with tag {tag!r}: "
+        if history is None or (history.memory.n == 0 and history.memory.oom_floor == 0):
+            return self._default(task, coverage)
+        memory, memory_basis = self._memory_chain(coverage).explain(history.memory)
+        if history.memory.n == 0:
+            memory = max(memory, self.default_memory_bytes_)
+            memory_basis = f"no usage recorded; {memory_basis}"
+        if history.cpus.n:
+            cpus_exact, cpu_basis = self._cpu_chain(coverage).explain(history.cpus)
+        else:
+            cpus_exact, cpu_basis = float(self.default_cpus), f"no cpu usage recorded: default {self.default_cpus}"
+        if history.duration.size:
+            duration = float(np.median(history.duration))
+            duration_basis = f"median duration of {history.duration.size} runs"
+        else:
+            duration, duration_basis = None, "no duration recorded"
+        basis = {None: memory_basis, "memory": memory_basis, "cpus": cpu_basis, "duration": duration_basis}[target]
+        n = history.memory.n
+        median = float(np.median(history.memory.values)) if n else memory
+        return Recommendation(
+            cpus=_whole_cpus(cpus_exact),
+            memory_bytes=int(math.ceil(memory)),
+            confidence=round(n / (n + max(self.short_history, 1)), 2),
+            method="percentile",
+            basis=prefix + basis,
+            predicted_duration_s=None if duration is None else round(duration, 3),
+            interval=(int(median), int(math.ceil(memory))),
+            coverage=coverage,
+            task=task,
+            cpus_exact=cpus_exact,
+            details={"history": n, "memory_basis": memory_basis, "cpu_basis": cpu_basis},
+        )
+
+    def _default(self, task: str, coverage: float) -> Recommendation:
+        memory = max(self.default_memory_bytes_, self.min_memory_bytes_)
+        cpus = max(int(self.default_cpus), 1)
+        return Recommendation(
+            cpus=cpus,
+            memory_bytes=memory,
+            confidence=0.0,
+            method="default",
+            basis=f"no history for task {task!r}: safe default of {cpus} cpu and {format_memory(memory)}",
+            interval=None,
+            coverage=coverage,
+            task=task,
+            cpus_exact=float(cpus),
+            details={"history": 0},
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain lists and arrays (for the model store; no pickling)."""
+        return {"params": self.get_params(), "tasks": _pack(self.tasks_), "tags": _pack(self.tags_),
+                "task_tags": dict(self.task_tags_), "n_observations": self.n_observations_}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ResourceAdvisor":
+        advisor = cls(**state["params"])
+        advisor._check_params()
+        advisor.tasks_ = _unpack(state["tasks"])
+        advisor.tags_ = _unpack(state["tags"])
+        advisor.task_tags_ = dict(state["task_tags"])
+        advisor.n_observations_ = int(state["n_observations"])
+        advisor._cache = {}
+        return advisor
+
+
+def _whole_cpus(cpus: float) -> int:
+    return max(1, int(math.ceil(round(cpus, 6))))
+
+
+def _histories(frame: pd.DataFrame, by: str) -> dict[str, _TaskHistory]:
+    if len(frame) == 0:
+        return {}
+    usage = usage_columns(frame)
+    keys = frame[by]
+    oom = frame["state"].astype(str).to_numpy() == "oom_killed"
+    worker_memory = (
+        frame["worker_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
+        if "worker_memory_bytes" in frame.columns
+        else np.full(len(frame), np.nan)
+    )
+    peak = frame["peak_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
+    floors = np.where(oom, oom_floor(peak, worker_memory), 0.0)
+    work = pd.DataFrame({"key": keys.to_numpy(), "floor": floors}).join(usage.reset_index(drop=True))
+    work = work[work["key"].notna()]
+    out: dict[str, _TaskHistory] = {}
+    grouped = work.groupby("key", sort=False)
+    floor_by_key = grouped["floor"].max()
+    for name, rows in grouped:
+        memory = rows["memory"].to_numpy()
+        out[str(name)] = _TaskHistory(
+            memory=History.of(memory, float(floor_by_key[name])),
+            cpus=History.of(rows["cpus"].to_numpy()),
+            duration=np.sort(rows["duration"].to_numpy()[np.isfinite(rows["duration"].to_numpy())]),
+        )
+    return out
+
+
+def _last_tags(frame: pd.DataFrame) -> dict[str, str]:
+    if "tag" not in frame.columns or len(frame) == 0:
+        return {}
+    tags = frame[["task", "tag"]].dropna()
+    return {str(k): str(v) for k, v in tags.groupby("task", sort=False)["tag"].last().items()}
+
+
+def _merge(into: dict[str, _TaskHistory], new: dict[str, _TaskHistory]) -> None:
+    for name, history in new.items():
+        old = into.get(name)
+        if old is None:
+            into[name] = history
+            continue
+        into[name] = _TaskHistory(
+            memory=History.of(np.concatenate([old.memory.values, history.memory.values]),
+                              max(old.memory.oom_floor, history.memory.oom_floor)),
+            cpus=History.of(np.concatenate([old.cpus.values, history.cpus.values])),
+            duration=np.sort(np.concatenate([old.duration, history.duration])),
+        )
+
+
+def _pack(histories: Mapping[str, _TaskHistory]) -> dict[str, Any]:
+    names = list(histories)
+    def flat(get):
+        arrays = [get(h) for h in histories.values()]
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        values = np.concatenate(arrays) if arrays else np.zeros(0)
+        return {"sizes": sizes, "values": values.astype(np.float64)}
+    return {
+        "names": names,
+        "memory": flat(lambda h: h.memory.values),
+        "cpus": flat(lambda h: h.cpus.values),
+        "duration": flat(lambda h: h.duration),
+        "oom_floor": np.array([h.memory.oom_floor for h in histories.values()], dtype=np.float64),
+    }
+
+
+def _unpack(packed: Mapping[str, Any]) -> dict[str, _TaskHistory]:
+    def split(part):
+        sizes = np.asarray(part["sizes"], dtype=np.int64)
+        return np.split(np.asarray(part["values"], dtype=np.float64), np.cumsum(sizes)[:-1]) if sizes.size else []
+    memory, cpus, duration = split(packed["memory"]), split(packed["cpus"]), split(packed["duration"])
+    floors = np.asarray(packed["oom_floor"], dtype=np.float64)
+    return {
+        str(name): _TaskHistory(History(memory[i], float(floors[i])), History(cpus[i]), duration[i])
+        for i, name in enumerate(packed["names"])
+    }
