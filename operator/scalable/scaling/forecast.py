@@ -1,0 +1,96 @@
+"""Arrival-rate forecast for one tag, from the snapshots the scaler has seen.
+
+Tasks arrive in waves, so the scaler needs to know not only how many tasks are queued but
+how many are about to arrive. Holt's linear smoothing (a level and a trend, each an
+exponentially weighted average) follows a rising wave within a couple of polls and forgets
+a finished one as quickly, which a plain moving average over a window does not. Snapshots
+come at irregular intervals, so both weights are turned into per-second decay rates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["ArrivalForecaster", "HoltState"]
+
+
+@dataclass(frozen=True)
+class HoltState:
+    """What the forecaster knows after the last observation (rates in tasks per second)."""
+
+    time: float
+    submitted: float
+    level: float = 0.0
+    trend: float = 0.0
+    observations: int = 0
+
+
+class ArrivalForecaster:
+    """Holt's linear exponential smoothing of the arrival rate of one tag.
+
+    Arrivals between two snapshots are the increase of the cumulative ``submitted`` counter
+    when the snapshot has one, else the increase of the tasks in the system (queued plus
+    processing) which misses tasks that arrived and finished in between; the session
+    always supplies the counter.
+
+    ``half_life_s`` is how long the level takes to forget half of an old rate;
+    ``trend_half_life_s`` the same for the trend. The forecast never goes below zero.
+    """
+
+    def __init__(self, half_life_s: float = 2.0, trend_half_life_s: float = 4.0) -> None:
+        if half_life_s <= 0 or trend_half_life_s <= 0:
+            raise ValueError("half-lives must be positive")
+        self.half_life_s = half_life_s
+        self.trend_half_life_s = trend_half_life_s
+        self.state: HoltState | None = None
+
+    @staticmethod
+    def _weight(dt: float, half_life: float) -> float:
+        return 1.0 - math.pow(0.5, dt / half_life)
+
+    def observe(self, now: float, submitted: float) -> HoltState:
+        """Take the cumulative count of tasks submitted so far at ``now``."""
+        previous = self.state
+        if previous is None or now <= previous.time:
+            if previous is None:
+                self.state = HoltState(time=now, submitted=submitted)
+            return self.state
+        dt = now - previous.time
+        rate = max(0.0, submitted - previous.submitted) / dt
+        if previous.observations == 0:
+            level, trend = rate, 0.0
+        else:
+            alpha = self._weight(dt, self.half_life_s)
+            beta = self._weight(dt, self.trend_half_life_s)
+            projected = previous.level + previous.trend * dt
+            level = alpha * rate + (1 - alpha) * projected
+            trend = beta * (level - previous.level) / dt + (1 - beta) * previous.trend
+        self.state = HoltState(
+            time=now,
+            submitted=max(submitted, previous.submitted),
+            level=max(0.0, level),
+            trend=trend,
+            observations=previous.observations + 1,
+        )
+        return self.state
+
+    def rate(self, ahead_s: float = 0.0) -> float:
+        """Forecast arrival rate (tasks per second) ``ahead_s`` seconds after the last snapshot."""
+        if self.state is None or self.state.observations == 0:
+            return 0.0
+        return max(0.0, self.state.level + self.state.trend * ahead_s)
+
+    def arrivals(self, horizon_s: float) -> float:
+        """Expected number of tasks to arrive within ``horizon_s``: the rate integrated.
+
+        The trend is integrated only while it keeps the rate positive, so a falling wave
+        forecasts a tail that ends, not negative arrivals.
+        """
+        if self.state is None or self.state.observations == 0 or horizon_s <= 0:
+            return 0.0
+        level, trend = self.state.level, self.state.trend
+        end = horizon_s
+        if trend < 0:
+            end = min(horizon_s, level / -trend) if level > 0 else 0.0
+        return max(0.0, level * end + 0.5 * trend * end * end)

@@ -1,0 +1,38 @@
+"""Arrival-rate forecast: follows a rising wave, forgets a finished one, never negative."""
+
+from __future__ import annotations
+
+import pytest
+
+from scalable.scaling.forecast import ArrivalForecaster
+
+
+def test_steady_arrivals_are_forecast_at_their_rate():
+    forecaster = ArrivalForecaster()
+    for second in range(30):
+        forecaster.observe(second, submitted=3 * second)
+    assert forecaster.rate() == pytest.approx(3.0, rel=0.02)
+    assert forecaster.arrivals(10) == pytest.approx(30.0, rel=0.05)
+
+
+def test_rising_wave_is_followed_and_a_finished_one_forgotten():
+    forecaster = ArrivalForecaster()
+    submitted = 0
+    for second in range(10):
+        submitted += second
+        forecaster.observe(second, submitted)
+    assert forecaster.rate(ahead_s=2) > 8.5, "the trend keeps the forecast up with the rising rate (9/s last)"
+    for second in range(10, 40):
+        forecaster.observe(second, submitted)
+    assert forecaster.arrivals(30) < 0.5, "30 s after the wave, almost nothing is forecast"
+    assert forecaster.rate(ahead_s=100) >= 0
+
+
+def test_no_history_forecasts_nothing_and_time_must_advance():
+    forecaster = ArrivalForecaster()
+    assert forecaster.arrivals(30) == 0
+    forecaster.observe(5, 10)
+    forecaster.observe(5, 50)
+    assert forecaster.arrivals(30) == 0
+    with pytest.raises(ValueError):
+        ArrivalForecaster(half_life_s=0)
