@@ -423,12 +423,15 @@ def replay_many(
     refit_seconds: float | None = None,
     min_history: int = 1,
     progress: ProgressCallback | None = None,
+    carry: Sequence[str] = (),
 ) -> ReplayResult:
     """Replay ``frame`` in submit order through each predictor and collect scored answers.
 
     Every predictor sees exactly the same blocks and the same known history, so their answers
     are comparable row by row. ``refit_every`` (scored jobs) and ``refit_seconds`` (trace time)
     both trigger a refit, whichever comes first; between refits predictors get ``update``.
+    ``carry`` names extra columns of ``frame`` copied into the scored rows (e.g. a baseline
+    computed beforehand).
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {sorted(TARGETS)}")
@@ -513,7 +516,8 @@ def replay_many(
                              "requested_cpus") if c in jobs.columns]
     feat_cols = [c for c in (f"{FEATURE_PREFIX}requested_time_s", f"{FEATURE_PREFIX}requested_memory_bytes")
                  if c in jobs.columns]
-    scored = jobs.loc[predicted.index, base_cols + feat_cols].copy()
+    extra = [c for c in carry if c in jobs.columns and c not in base_cols + feat_cols]
+    scored = jobs.loc[predicted.index, base_cols + feat_cols + extra].copy()
     scored["used"] = jobs.loc[predicted.index, column].astype(float)
     if "duration_s" in jobs.columns:
         scored["duration_s"] = jobs.loc[predicted.index, "duration_s"].astype(float)
