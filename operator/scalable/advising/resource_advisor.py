@@ -129,7 +129,13 @@ class ResourceAdvisor(BaseEstimator):
         return self
 
     def update(self, frame: pd.DataFrame) -> "ResourceAdvisor":
-        """Add newly finished observations without forgetting the old ones."""
+        """Replace the history with ``frame``, everything known now (the online replay hands
+        over the whole known history between refits). Equivalent to ``fit`` here, since a
+        percentile of history has nothing to learn beyond the history itself."""
+        return self.fit(frame)
+
+    def extend(self, frame: pd.DataFrame) -> "ResourceAdvisor":
+        """Add only newly finished observations to what is known."""
         if not hasattr(self, "tasks_"):
             return self.fit(frame)
         _merge(self.tasks_, _histories(frame, "task"))
@@ -303,19 +309,24 @@ def _histories(frame: pd.DataFrame, by: str) -> dict[str, _TaskHistory]:
     )
     peak = frame["peak_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
     floors = np.where(oom, oom_floor(peak, worker_memory), 0.0)
-    work = pd.DataFrame({"key": keys.to_numpy(), "floor": floors}).join(usage.reset_index(drop=True))
-    work = work[work["key"].notna()]
-    out: dict[str, _TaskHistory] = {}
-    grouped = work.groupby("key", sort=False)
-    floor_by_key = grouped["floor"].max()
-    for name, rows in grouped:
-        memory = rows["memory"].to_numpy()
-        out[str(name)] = _TaskHistory(
-            memory=History.of(memory, float(floor_by_key[name])),
-            cpus=History.of(rows["cpus"].to_numpy()),
-            duration=np.sort(rows["duration"].to_numpy()[np.isfinite(rows["duration"].to_numpy())]),
+    present = keys.notna().to_numpy()
+    codes, names = pd.factorize(keys[present].astype(str), sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    def split(values: np.ndarray) -> list[np.ndarray]:
+        return np.split(values[present][order], bounds)
+    memory, cpus, duration = (split(usage[c].to_numpy()) for c in ("memory", "cpus", "duration"))
+    floor = np.zeros(len(names))
+    np.maximum.at(floor, codes, floors[present])
+    first_codes = codes[order][np.r_[0, bounds]] if len(codes) else np.zeros(0, dtype=np.int64)
+    return {
+        str(names[code]): _TaskHistory(
+            memory=History.of(memory[i], float(floor[code])),
+            cpus=History.of(cpus[i]),
+            duration=np.sort(duration[i][np.isfinite(duration[i])]),
         )
-    return out
+        for i, code in enumerate(first_codes.tolist())
+    }
 
 
 def _last_tags(frame: pd.DataFrame) -> dict[str, str]:
