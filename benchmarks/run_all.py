@@ -1,0 +1,177 @@
+"""Run every benchmark and write benchmarks/results/SUMMARY.md (what `make bench` does).
+
+    python benchmarks/run_all.py [--quick] [--only replay,runtime,inference,loader,scaling]
+
+Each benchmark runs in its own process (a crash or a memory peak of one cannot distort another)
+and records its own JSON under benchmarks/results/. The summary is then written from those JSON
+files alone, so it can be regenerated without rerunning anything (``--summary-only``). A
+benchmark that fails is reported in the summary and makes the exit code 1; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+#: name -> (script, quick arguments, result file)
+BENCHMARKS = {
+    "loader": ("bench_loader.py", ["--repeat", "2"], "loader.json"),
+    "replay": ("bench_advisor_replay.py", ["--quick"], "advisor_replay.json"),
+    "runtime": ("bench_runtime.py", ["--quick"], "runtime.json"),
+    "inference": ("bench_inference.py", ["--quick"], "inference.json"),
+    "scaling": ("bench_scaling.py", ["--quick"], "scaling.json"),
+}
+
+
+def run(names: list[str], quick: bool) -> dict[str, dict]:
+    status = {}
+    for name in names:
+        script, quick_args, _ = BENCHMARKS[name]
+        path = HERE / script
+        if not path.exists():
+            status[name] = {"status": "absent", "seconds": 0.0}
+            print(f"== {name}: {script} not present, skipped", flush=True)
+            continue
+        cmd = [sys.executable, str(path), *(quick_args if quick else [])]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=HERE.parent)
+        seconds = time.perf_counter() - t0
+        status[name] = {"status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
+                        "seconds": round(seconds, 1)}
+        print(f"== {name}: {status[name]['status']} in {seconds:.0f}s", flush=True)
+    return status
+
+
+def _load(file: str) -> dict | None:
+    path = RESULTS / file
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _yes(flag) -> str:
+    return "n/a" if flag is None else ("met" if flag else "**not met**")
+
+
+def summary_markdown(status: dict[str, dict] | None = None) -> str:
+    lines = ["# Benchmark summary", "",
+             f"Written by `python benchmarks/run_all.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
+             f"from the JSON files in this directory; each section names the command that produced its figures. "
+             f"The machine is shared (2 cores, other builds running): load averages are recorded with each result.", ""]
+    if status:
+        lines += ["| benchmark | status | seconds |", "|---|---|---|"]
+        lines += [f"| {k} | {v['status']} | {v['seconds']} |" for k, v in status.items()]
+        lines.append("")
+
+    rep = _load("advisor_replay.json")
+    lines += ["## Memory advice, Sandia-Ross, time-ordered replay", ""]
+    if rep:
+        lines += [f"`{rep['command']}` ({rep['date']}, {rep['machine']['cores']} cores, load "
+                  f"{rep['machine']['load_avg_1_5_15']}, {rep['wall_seconds']} s)", "",
+                  f"{rep['n_scored']} jobs scored (later half of {rep['jobs']}); each recommendation saw only jobs "
+                  "finished before its submit. Slack = idle share of recommended memory over the jobs that fit; "
+                  "every advisor is scaled by the margin that gives exactly the stated under-provision rate.", "",
+                  "| under-provision | LearnedAdvisor slack | ResourceAdvisor slack | best tuned percentile | LearnedAdvisor less slack by |",
+                  "|---|---|---|---|---|"]
+        for r, c in rep["equal_rate"].items():
+            grid = c["grid_best"]
+            lines.append(f"| {_pct(float(r))} | {_pct(c['learned_slack'])} | {_pct(c['resource_advisor_slack'])} | "
+                         f"{_pct(c['best_percentile_slack'])} ({c['best_percentile']}) | {_pct(c['slack_reduction'])} |")
+        t = rep["targets"]["slack_reduction_at_2pct"]
+        cal = rep["calibration"]
+        lines += ["", f"- Target: at least 25% less slack at 2% under-provision: {_yes(t['met'])} "
+                      f"({_pct(t['measured'])}).",
+                  f"- Calibration at coverage={cal['coverage']}: LearnedAdvisor under-provisions "
+                  f"{_pct(cal['learned']['under_provision_rate'])} of jobs (promised {_pct(cal['promised_under_provision'])}), "
+                  f"slack {_pct(cal['learned']['slack'])}; ResourceAdvisor {_pct(cal['resource']['under_provision_rate'])}, "
+                  f"slack {_pct(cal['resource']['slack'])}.",
+                  f"- Trade-off plot: [{Path(rep['plot']).name}]({Path(rep['plot']).name})", ""]
+    else:
+        lines += ["(no result yet: `python benchmarks/bench_advisor_replay.py`)", ""]
+
+    rt = _load("runtime.json")
+    lines += ["## Runtime prediction, CTC-SP2 and HPC2N", ""]
+    if rt:
+        lines += [f"`{rt['command']}` ({rt['date']}, load {rt['machine']['load_avg_1_5_15']}, {rt['wall_seconds']} s)", ""]
+        for name, res in rt["traces"].items():
+            lines += [f"**{name}**: {res['n_scored']} jobs scored (later half of the {res['jobs_replayed']} latest of "
+                      f"{res['jobs_in_trace']}), all predictors on the same jobs.", "",
+                      "| predictor | MAE (s) | median abs error (s) | under-predicted | mean bias (s) |", "|---|---|---|---|---|"]
+            for pred, s in res["scores"].items():
+                lines.append(f"| {pred} | {s['mae_s']:,.0f} | {s['median_abs_error_s']:,.0f} | "
+                             f"{_pct(s['under_prediction_rate'])} | {s['mean_bias_s']:+,.0f} |")
+            lines.append("")
+    else:
+        lines += ["(no result yet: `python benchmarks/bench_runtime.py`)", ""]
+
+    inf = _load("inference.json")
+    lines += ["## Inference and training", ""]
+    if inf:
+        f, m = inf["figures"], inf["met"]
+        lines += [f"`{inf['command']}` ({inf['date']}, {inf['machine']['cores']} cores, load "
+                  f"{inf['machine']['load_avg_1_5_15']})", "",
+                  "| figure | measured | target | |", "|---|---|---|---|",
+                  f"| recommend latency, median | {f['latency_median_ms']:.3f} ms | < 1 ms | {_yes(m['latency_median_ms'])} |",
+                  f"| recommend latency, p99 | {f['latency_p99_ms']:.3f} ms | | |",
+                  f"| recommend_batch throughput | {f['batch_per_s']:,.0f} /s | >= 50,000 /s | {_yes(m['batch_per_s'])} |",
+                  f"| training, {f['records']:,} records | {f['train_s']:.1f} s | < 60 s | {_yes(m['train_s'])} |",
+                  f"| peak RSS of the training process | {f['peak_rss_gib']:.2f} GiB | < 2 GiB | {_yes(m['peak_rss_gib'])} |", ""]
+    else:
+        lines += ["(no result yet: `python benchmarks/bench_inference.py`)", ""]
+
+    lo = _load("loader.json")
+    lines += ["## Loader (telemetry)", ""]
+    if lo:
+        lines += [f"`{lo.get('command', 'python benchmarks/bench_loader.py')}`", "",
+                  f"- {lo.get('runs', '?'):,} runs, {lo.get('task_records', '?'):,} task records: "
+                  f"parse without cache {lo.get('parse_no_cache_s')} s, cold load {lo.get('cold_load_s')} s, "
+                  f"warm load (median) {lo.get('warm_load_median_s')} s (target < 5 s warm), after appending to one run "
+                  f"{lo.get('load_after_append_to_one_run_s')} s."]
+        swf = lo.get("swf_import_sandia_ross")
+        if swf:
+            lines.append(f"- SWF import of {swf['file']}: {swf['imported']} jobs in {swf['seconds']} s.")
+        lines.append("")
+    else:
+        lines += ["(no result yet: `python benchmarks/bench_loader.py`)", ""]
+
+    sc = _load("scaling.json")
+    if sc:
+        lines += ["## Scaling", "", f"See [scaling.json](scaling.json) (`{sc.get('command', 'python benchmarks/bench_scaling.py')}`).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the quick variant of each benchmark")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite SUMMARY.md from existing results")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    status = None if args.summary_only else run(names, args.quick)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "SUMMARY.md").write_text(summary_markdown(status))
+    print(f"wrote {RESULTS / 'SUMMARY.md'}")
+    failed = [n for n, s in (status or {}).items() if s["status"].startswith("failed")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
