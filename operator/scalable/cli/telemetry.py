@@ -1,0 +1,201 @@
+"""``scalable telemetry``: bring history in (import) and see what is there (report)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scalable.cli.errors import fail
+
+app = typer.Typer(
+    help="Import job history as telemetry runs and report what a runs directory holds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_PROGRESS_MIN_BYTES = 1 << 20
+RunsDir = typer.Option(None, "--runs-dir", help="runs directory (default: $SCALABLE_RUNS_DIR or ./.scalable/runs)")
+
+
+def _runs_dir(value: Optional[Path]) -> Path:
+    from scalable.telemetry.store import default_runs_dir
+
+    return value if value is not None else default_runs_dir()
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="the file to import (plain or gzip)", show_default=False),
+    fmt: str = typer.Option(..., "--format", "-f", help="swf (Standard Workload Format) or sacct (sacct --parsable2)"),
+    runs_dir: Optional[Path] = RunsDir,
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="id of the new run (default: generated)"),
+) -> None:
+    """Import a job trace into the runs directory as one run."""
+    from scalable.telemetry.importers import FORMATS, import_file
+    from scalable.telemetry.store import RunStore, is_run_dir_name
+
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise fail(f"unknown format {fmt!r}: use one of {', '.join(sorted(FORMATS))}")
+    if not file.exists():
+        raise fail(f"no such file: {file}")
+    if not file.is_file():
+        raise fail(f"not a file: {file}")
+    if run_id is not None and not is_run_dir_name(run_id):
+        raise fail(f"invalid run id {run_id!r}: use letters, digits and . _ : @ + -")
+    root = _runs_dir(runs_dir)
+    store = RunStore(root)
+    if run_id is not None and (root / run_id).exists():
+        raise fail(f"run {run_id} already exists in {root}")
+
+    size = file.stat().st_size
+    err = Console(stderr=True)
+    try:
+        if size >= _PROGRESS_MIN_BYTES and err.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                console=err, transient=True,
+            ) as bar:
+                task = bar.add_task(f"importing {file.name}", total=size)
+                result = import_file(
+                    fmt, file, store, run_id=run_id, progress=lambda done, total: bar.update(task, completed=done)
+                )
+        else:
+            result = import_file(fmt, file, store, run_id=run_id)
+    except PermissionError as exc:
+        raise fail(f"permission denied: {exc.filename or file}") from None
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename and Path(exc.filename) != file:
+            raise fail(f"cannot write to {exc.filename}: {exc.strerror}") from None
+        raise fail(f"cannot read {file} as {fmt}: {exc}") from None
+
+    if result.imported == 0:
+        if result.path is not None:
+            shutil.rmtree(result.path, ignore_errors=True)
+        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in result.skipped.most_common()) or "empty"
+        raise fail(f"no jobs imported from {file} as {fmt} ({reasons}); is it {fmt}?")
+    typer.echo(f"{result.summary()} ({root})")
+
+
+def _quantile(values: Any, q: float) -> float:
+    values = values.dropna()
+    return float(values.quantile(q)) if len(values) else math.nan
+
+
+@app.command()
+def report(
+    runs_dir: Optional[Path] = RunsDir,
+    fmt: str = typer.Option("text", "--format", "-f", help="text or json"),
+    top: int = typer.Option(10, "--top", min=1, help="how many tasks to list"),
+) -> None:
+    """Summarise a runs directory: runs, records, tasks, and what was skipped."""
+    from scalable.telemetry.loader import load_decisions, load_run_infos, load_tasks
+
+    fmt = fmt.strip().lower()
+    if fmt not in ("text", "json"):
+        raise fail(f"unknown format {fmt!r}: use text or json")
+    root = _runs_dir(runs_dir)
+    if not root.is_dir():
+        raise fail(f"no runs directory at {root}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = load_tasks(root)
+        infos, info_skips = load_run_infos(root)
+        decisions = load_decisions(root)
+    frame = table.frame
+    skipped = dict(table.skipped.counts)
+    for reason, count in info_skips.counts.items():
+        skipped[f"run.json {reason}"] = count
+    for reason, count in decisions.attrs.get("skipped", {}).get("counts", {}).items():
+        skipped[f"decisions {reason}"] = count
+
+    tasks = []
+    if len(frame):
+        grouped = frame.groupby("task", sort=False)
+        counts = grouped.size().sort_values(ascending=False, kind="stable").head(top)
+        for name, count in counts.items():
+            rows = grouped.get_group(name)
+            tasks.append({
+                "task": name,
+                "count": int(count),
+                "runs": int(rows["run_id"].nunique()),
+                "memory_p50_bytes": _quantile(rows["peak_memory_bytes"], 0.5),
+                "memory_p95_bytes": _quantile(rows["peak_memory_bytes"], 0.95),
+                "duration_p50_s": _quantile(rows["duration_s"], 0.5),
+                "duration_p95_s": _quantile(rows["duration_s"], 0.95),
+            })
+    summary = {
+        "runs_dir": str(root),
+        "runs": len(set(frame["run_id"]) | {i.run_id for i in infos}) if len(frame) else len(infos),
+        "task_records": int(len(frame)),
+        "tasks": int(frame["task"].nunique()) if len(frame) else 0,
+        "decision_records": int(len(decisions)),
+        "states": {str(k): int(v) for k, v in frame["state"].value_counts().items()} if len(frame) else {},
+        "features": table.feature_names,
+        "skipped": skipped,
+        "top_tasks": tasks,
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(_finite(summary), indent=2))
+        return
+    _print_report(summary)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_report(summary: dict[str, Any]) -> None:
+    from scalable.units import format_memory
+
+    console = Console()
+    overview = Table(title=f"Telemetry in {summary['runs_dir']}", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    overview.add_row("runs", f"{summary['runs']:,}")
+    overview.add_row("task records", f"{summary['task_records']:,}")
+    overview.add_row("distinct tasks", f"{summary['tasks']:,}")
+    overview.add_row("scaling decisions", f"{summary['decision_records']:,}")
+    for state, count in summary["states"].items():
+        overview.add_row(f"  {state}", f"{count:,}")
+    skipped = summary["skipped"]
+    overview.add_row("skipped", f"{sum(skipped.values()):,}")
+    for reason, count in sorted(skipped.items()):
+        overview.add_row(f"  {reason.replace('_', ' ')}", f"{count:,}")
+    console.print(overview)
+
+    if not summary["top_tasks"]:
+        return
+
+    def mem(value: float) -> str:
+        return format_memory(value) if math.isfinite(value) else "-"
+
+    def secs(value: float) -> str:
+        return f"{value:,.1f}" if math.isfinite(value) else "-"
+
+    tasks = Table(title="Top tasks by count")
+    for name, justify in (("task", "left"), ("count", "right"), ("runs", "right"), ("memory p50", "right"),
+                          ("memory p95", "right"), ("duration p50 s", "right"), ("duration p95 s", "right")):
+        tasks.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in summary["top_tasks"]:
+        tasks.add_row(row["task"], f"{row['count']:,}", f"{row['runs']:,}", mem(row["memory_p50_bytes"]),
+                      mem(row["memory_p95_bytes"]), secs(row["duration_p50_s"]), secs(row["duration_p95_s"]))
+    console.print(tasks)
