@@ -1,0 +1,431 @@
+"""A real Kubernetes control plane as local processes: etcd, kube-apiserver, kube-controller-manager.
+
+This is the one implementation of starting and stopping it; the pytest fixtures use the
+`ControlPlane` class, and `make testenv-up` / `make testenv-down` run this module:
+
+    python -m tests.support.controlplane up      # start, print the kubeconfig path, return when ready
+    python -m tests.support.controlplane down    # stop everything `up` started and remove its data
+    python -m tests.support.controlplane status
+
+What it starts (all on 127.0.0.1, free ports, one temporary directory):
+- etcd (pinned, >= 3.5.11), data in <dir>/etcd, fsync off (test data only);
+- kube-apiserver with the RBAC authorizer, a service-account issuer and signing key, its
+  own self-signed serving certificate in <dir>/apiserver-certs, static bearer tokens for
+  the admin (group system:masters) and the controller manager;
+- kube-controller-manager (garbage collector, namespace deletion, service-account and
+  token controllers, ...), leader election off.
+
+It is ready when /readyz answers ok and the controller manager has created the
+ServiceAccount `default` in namespace `default` (so its controllers are running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tests/support/controlplane.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support import testenv  # noqa: E402
+from tests.support.testenv import MissingBinaryError, binary, free_ports, spawn, tail, terminate  # noqa: E402
+
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane did not come up; the message carries each component's log tail."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    pid: int
+    log: str
+    popen: subprocess.Popen | None = field(default=None, repr=False)
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    token: str,
+    *,
+    ca_file: Path | None = None,
+    ca_data: str | None = None,
+    user: str = "admin",
+    namespace: str | None = None,
+) -> Path:
+    """Write a kubeconfig for a bearer-token user. CA as a file path or base64 data."""
+    cluster: dict = {"server": server}
+    if ca_data:
+        cluster["certificate-authority-data"] = ca_data
+    elif ca_file:
+        cluster["certificate-authority"] = str(ca_file)
+    else:
+        cluster["insecure-skip-tls-verify"] = True
+    context: dict = {"cluster": "scalable-testenv", "user": user}
+    if namespace:
+        context["namespace"] = namespace
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "scalable-testenv", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "scalable-testenv", "context": context}],
+        "current-context": "scalable-testenv",
+        "preferences": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    # JSON is YAML; every kubeconfig reader (kubectl, kr8s, kubernetes, kopf) accepts it.
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager on loopback.
+
+    >>> cp = ControlPlane().start()       # raises MissingBinaryError / ControlPlaneError
+    >>> cp.kubeconfig                     # admin kubeconfig (system:masters)
+    >>> cp.logs()                         # last lines of each component's log
+    >>> cp.stop()                         # stops the processes, removes the directory
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str | None = None,
+        *,
+        controller_manager: bool = True,
+        die_with_parent: bool = True,
+        keep_workdir: bool = False,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scalable-testenv-"))
+        self.controller_manager = controller_manager
+        self.die_with_parent = die_with_parent
+        self.keep_workdir = keep_workdir
+        self.procs: list[_Proc] = []
+        self.server = ""
+        self.admin_token = ""
+        self.startup_seconds: float | None = None
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.workdir / "apiserver-certs"
+
+    @property
+    def ca_file(self) -> Path:
+        # kube-apiserver writes a self-signed CA and the serving certificate it signed,
+        # both in this file; the CA in it verifies the server.
+        return self.cert_dir / "apiserver.crt"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> "ControlPlane":
+        t0 = time.monotonic()
+        bins = {name: binary(name) for name in COMPONENTS}  # MissingBinaryError first
+        if not shutil.which("openssl"):
+            raise MissingBinaryError("openssl is not on PATH; run `hack/install-system-deps.sh`")
+        try:
+            self._start(bins, t0 + timeout)
+        except BaseException as exc:
+            report = self.logs()
+            self.stop()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise ControlPlaneError(f"the local control plane did not start: {exc}\n{report}") from exc
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _start(self, bins: dict[str, Path], deadline: float) -> None:
+        wd = self.workdir
+        (wd / "logs").mkdir(parents=True, exist_ok=True)
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        etcd_port, etcd_peer, api_port, kcm_port = free_ports(4)
+        self.server = f"https://127.0.0.1:{api_port}"
+
+        # Service-account signing key (also verifies tokens, and the controller manager
+        # signs legacy token secrets with it).
+        sa_key = wd / "sa.key"
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(sa_key), "2048"],
+            check=True,
+            capture_output=True,
+        )
+        self.admin_token = secrets.token_hex(16)
+        kcm_token = secrets.token_hex(16)
+        tokens = wd / "tokens.csv"
+        tokens.write_text(
+            f'{self.admin_token},admin,uid-admin,"system:masters"\n'
+            f'{kcm_token},system:kube-controller-manager,uid-kcm,"system:masters"\n'
+        )
+        tokens.chmod(0o600)
+
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        peer_url = f"http://127.0.0.1:{etcd_peer}"
+        self._spawn(
+            "etcd",
+            [
+                str(bins["etcd"]),
+                "--name=testenv",
+                f"--data-dir={wd / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=testenv={peer_url}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bins["kube-apiserver"]),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={self.cert_dir}",
+                "--authorization-mode=RBAC",
+                f"--token-auth-file={tokens}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={sa_key}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._wait_ready(deadline)
+
+        # The CA exists now; from here on clients verify the server.
+        write_kubeconfig(self.kubeconfig, self.server, self.admin_token, ca_file=self.ca_file)
+        if self.controller_manager:
+            kcm_kubeconfig = write_kubeconfig(
+                wd / "kube-controller-manager.kubeconfig",
+                self.server,
+                kcm_token,
+                ca_file=self.ca_file,
+                user="system:kube-controller-manager",
+            )
+            self._spawn(
+                "kube-controller-manager",
+                [
+                    str(bins["kube-controller-manager"]),
+                    f"--kubeconfig={kcm_kubeconfig}",
+                    f"--authentication-kubeconfig={kcm_kubeconfig}",
+                    f"--authorization-kubeconfig={kcm_kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={kcm_port}",
+                    f"--cert-dir={wd / 'kcm-certs'}",
+                    "--leader-elect=false",
+                    f"--service-account-private-key-file={sa_key}",
+                    f"--root-ca-file={self.ca_file}",
+                    "--use-service-account-credentials=false",
+                    "--concurrent-gc-syncs=5",
+                    "--v=1",
+                ],
+            )
+            self._wait_controller_manager(deadline)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = self.log_path(name)
+        popen = spawn(argv, log, die_with_parent=self.die_with_parent)
+        self.procs.append(_Proc(name, popen.pid, str(log), popen))
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if p.popen is not None and p.popen.poll() is not None:
+                raise ControlPlaneError(f"{p.name} exited with code {p.popen.returncode}")
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        if ctx is None:
+            ctx = ssl._create_unverified_context()  # before the serving cert exists
+        req = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.admin_token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def _wait_ready(self, deadline: float) -> None:
+        last = "no answer"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                code, body = self._get("/readyz")
+                if code == 200:
+                    return
+                last = f"HTTP {code}: {body[-500:]}"
+            except (OSError, ssl.SSLError) as e:
+                last = repr(e)
+            time.sleep(0.2)
+        raise ControlPlaneError(f"kube-apiserver /readyz not ok in time (last: {last})")
+
+    def _wait_controller_manager(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive()
+            code, _ = self._get("/api/v1/namespaces/default/serviceaccounts/default")
+            if code == 200:
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            "kube-controller-manager did not create the default ServiceAccount in time"
+        )
+
+    def stop(self) -> None:
+        """Stop every component (controller manager first), remove the directory."""
+        for p in reversed(self.procs):
+            terminate(p.pid, timeout=10.0, proc=p.popen)
+        self.procs.clear()
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def logs(self, lines: int = 40) -> str:
+        """The last lines of each component's log, headed by its name."""
+        out = []
+        for name in COMPONENTS:
+            path = self.log_path(name)
+            if path.exists():
+                out.append(f"----- last {lines} lines of {name} ({path}) -----\n{tail(path, lines)}")
+        return "\n".join(out) or "(no component logs)"
+
+    def __enter__(self) -> "ControlPlane":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- state for `up` / `down` ------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "workdir": str(self.workdir),
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "procs": [{"name": p.name, "pid": p.pid, "log": p.log} for p in self.procs],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# make testenv-up / testenv-down
+# ---------------------------------------------------------------------------------------
+def _run_dir() -> Path:
+    return testenv.testenv_dir() / "run"
+
+
+def _state_file() -> Path:
+    return _run_dir() / "controlplane.json"
+
+
+def _ours(pid: int, workdir: str) -> bool:
+    """Is pid still one of the processes `up` started (its command line names our dir)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return workdir in cmdline
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_file = _state_file()
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if any(_ours(p["pid"], state["workdir"]) for p in state["procs"]):
+            print(f"control plane already running at {state['server']}", file=sys.stderr)
+            print(f"export KUBECONFIG={_run_dir() / 'kubeconfig'}")
+            return 0
+        cmd_down(args)  # stale state from a crash: clean it up first
+    cp = ControlPlane(
+        Path(tempfile.mkdtemp(prefix="scalable-testenv-up-")),
+        controller_manager=not args.no_controller_manager,
+        die_with_parent=False,
+    )
+    cp._own_workdir = True
+    try:
+        cp.start(timeout=args.timeout)
+    except MissingBinaryError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    except ControlPlaneError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    _run_dir().mkdir(parents=True, exist_ok=True)
+    stable = _run_dir() / "kubeconfig"
+    shutil.copyfile(cp.kubeconfig, stable)
+    stable.chmod(0o600)
+    state = cp.state() | {"stable_kubeconfig": str(stable), "startup_seconds": cp.startup_seconds}
+    state_file.write_text(json.dumps(state, indent=2) + "\n")
+    print(f"control plane ready at {cp.server} in {cp.startup_seconds:.1f} s", file=sys.stderr)
+    print(f"logs: {cp.workdir / 'logs'}", file=sys.stderr)
+    print(f"kubeconfig: {stable}", file=sys.stderr)
+    print(f"export KUBECONFIG={stable}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_file = _state_file()
+    if not state_file.exists():
+        print("no control plane started by `make testenv-up` is recorded; nothing to stop", file=sys.stderr)
+        return 0
+    state = json.loads(state_file.read_text())
+    for p in reversed(state["procs"]):
+        if _ours(p["pid"], state["workdir"]):
+            print(f"stopping {p['name']} (pid {p['pid']})", file=sys.stderr)
+            terminate(p["pid"], timeout=10.0)
+    shutil.rmtree(state["workdir"], ignore_errors=True)
+    Path(state.get("stable_kubeconfig", _run_dir() / "kubeconfig")).unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
+    print("control plane stopped and its data removed", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_file = _state_file()
+    if not state_file.exists():
+        print("not running")
+        return 1
+    state = json.loads(state_file.read_text())
+    alive = {p["name"]: _ours(p["pid"], state["workdir"]) for p in state["procs"]}
+    print(json.dumps(state | {"alive": alive}, indent=2))
+    return 0 if all(alive.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.controlplane", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager; print the kubeconfig")
+    up.add_argument("--timeout", type=float, default=90.0)
+    up.add_argument("--no-controller-manager", action="store_true")
+    sub.add_parser("down", help="stop what `up` started and remove its data")
+    sub.add_parser("status", help="show what `up` started")
+    args = parser.parse_args(argv)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""pytest fixtures for the integration and e2e tiers (registered by tests/conftest.py).
+
+Control plane (session-scoped, started once, only when a test asks for it):
+- `kube_cluster`     the running cluster: `.kubeconfig` (Path), `.server`, `.local` (True for the
+                     local control plane), `.logs()`; CRDs installed (dask-kubernetes' and ours).
+- `kubeconfig`       str path of an admin kubeconfig; also exported as KUBECONFIG for the session.
+- `helm_binary`      Path of the pinned helm.
+Per test (function-scoped, async, on the test's own event loop: pytest-asyncio's default
+function loop scope; a test marked asyncio(loop_scope="session") cannot use them):
+- `kube_api`         a kr8s.asyncio.Api for the admin kubeconfig.
+- `namespace`        a fresh namespace (name str), deleted after the test even when it fails.
+- `sa_kubeconfig`    factory: `path = await sa_kubeconfig("operator")` creates ServiceAccount
+                     "operator" in the test's namespace (or `namespace=`) and writes a kubeconfig
+                     that authenticates as it with a TokenRequest token.
+e2e (function-scoped):
+- `prometheus`       a started PrometheusServer (scrape interval 1 s, no targets yet):
+                     `prometheus.add_target("dask", dask_cluster.scheduler_metrics)`.
+- `dask_cluster`     a started DaskProcesses: a scheduler and 2 workers with /metrics.
+- `dask_cluster_factory`  `dask_cluster_factory(n_workers=3, nthreads=2)` for other shapes.
+
+Set SCALABLE_TEST_KUBECONFIG=/path/to/kubeconfig to run the same tests against an existing
+cluster (a kind cluster from kind-config.yaml, say) instead of starting the local one.
+
+A missing binary is a test failure naming `make testenv` (or hack/install-system-deps.sh for
+prometheus), never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import kr8s
+import kr8s.asyncio
+import pytest
+import pytest_asyncio
+
+from tests.support.controlplane import ControlPlane, ControlPlaneError
+from tests.support.dask_processes import DaskProcesses, DaskProcessError
+from tests.support.kube import (
+    dask_kubernetes_crd_files,
+    install_crds,
+    repo_crd_files,
+    service_account_kubeconfig,
+)
+from tests.support.prometheus import PrometheusError, PrometheusServer
+from tests.support.testenv import MissingBinaryError, binary
+
+EXTERNAL_KUBECONFIG_ENV = "SCALABLE_TEST_KUBECONFIG"
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class KubeCluster:
+    kubeconfig: Path
+    server: str = ""
+    local: bool = True
+    control_plane: ControlPlane | None = field(default=None, repr=False)
+    crds: list[str] = field(default_factory=list)
+
+    def logs(self, lines: int = 40) -> str:
+        return self.control_plane.logs(lines) if self.control_plane else "(external cluster: no local logs)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/integration and tests/e2e get their tier's marker, so
+    `-m integration` / `-m "not e2e"` select by directory too."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        for tier in ("integration", "e2e"):
+            if (TESTS_DIR / tier) in path.parents:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def _fail(msg: str) -> None:
+    pytest.fail(msg, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    external = os.environ.get(EXTERNAL_KUBECONFIG_ENV)
+    cp: ControlPlane | None = None
+    if external:
+        path = Path(external).expanduser().resolve()
+        if not path.is_file():
+            _fail(f"{EXTERNAL_KUBECONFIG_ENV}={external}: no such kubeconfig file")
+        cluster = KubeCluster(kubeconfig=path, local=False)
+    else:
+        cp = ControlPlane()
+        try:
+            cp.start()
+        except MissingBinaryError as e:
+            _fail(f"the integration tests need the local control plane: {e}")
+        except ControlPlaneError as e:
+            _fail(str(e))
+        print(f"\n[testenv] control plane up at {cp.server} in {cp.startup_seconds:.1f} s ({cp.workdir})")
+        cluster = KubeCluster(kubeconfig=cp.kubeconfig, server=cp.server, control_plane=cp)
+    try:
+        files = dask_kubernetes_crd_files() + repo_crd_files()
+        try:
+            cluster.crds = asyncio.run(install_crds(cluster.kubeconfig, files))
+        except Exception as e:
+            _fail(f"installing CRDs from {[str(f) for f in files]} failed: {e!r}\n{cluster.logs()}")
+        old = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+        try:
+            yield cluster
+        finally:
+            if old is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = old
+    finally:
+        if cp is not None:
+            cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_cluster: KubeCluster) -> str:
+    return str(kube_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    try:
+        return binary("helm")
+    except MissingBinaryError as e:
+        _fail(str(e))
+        raise  # unreachable
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def kube_api(kubeconfig: str) -> AsyncIterator[kr8s.asyncio.Api]:
+    api = await kr8s.asyncio.api(kubeconfig=kubeconfig)
+    yield api
+
+
+def _namespace_name(request: pytest.FixtureRequest) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"t-{base}-{secrets.token_hex(3)}"
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def namespace(kube_api: kr8s.asyncio.Api, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    name = _namespace_name(request)
+    ns = kr8s.asyncio.objects.Namespace(
+        {"metadata": {"name": name, "labels": {"scalable.test/namespace": "true"}}}, api=kube_api
+    )
+    await ns.create()
+    # Pods need the namespace's `default` ServiceAccount, which the controller manager makes.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        async with kube_api.call_api(
+            "GET", namespace=name, url="serviceaccounts/default", raise_for_status=False
+        ) as r:
+            if r.status_code == 200:
+                break
+        await asyncio.sleep(0.1)
+    try:
+        yield name
+    finally:
+        try:
+            await ns.delete(propagation_policy="Background")
+        except kr8s.NotFoundError:
+            pass
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sa_kubeconfig(
+    kube_api: kr8s.asyncio.Api, kubeconfig: str, namespace: str, tmp_path: Path
+) -> Callable[..., Awaitable[Path]]:
+    async def make(name: str, namespace: str = namespace, *, create: bool = True) -> Path:
+        return await service_account_kubeconfig(
+            kube_api, kubeconfig, namespace, name, tmp_path / f"sa-{namespace}-{name}.kubeconfig", create=create
+        )
+
+    return make
+
+
+@pytest.fixture
+def prometheus() -> Iterator[PrometheusServer]:
+    server = PrometheusServer(scrape_interval="1s")
+    try:
+        server.start()
+    except MissingBinaryError as e:
+        _fail(f"the e2e tests need Prometheus: {e}")
+    except PrometheusError as e:
+        _fail(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dask_cluster_factory() -> Iterator[Callable[..., DaskProcesses]]:
+    started: list[DaskProcesses] = []
+
+    def make(n_workers: int = 2, **kwargs) -> DaskProcesses:
+        cluster = DaskProcesses(n_workers=n_workers, **kwargs)
+        try:
+            cluster.start()
+        except DaskProcessError as e:
+            _fail(str(e))
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for c in started:
+            c.stop()
+
+
+@pytest.fixture
+def dask_cluster(dask_cluster_factory: Callable[..., DaskProcesses]) -> DaskProcesses:
+    return dask_cluster_factory(n_workers=2)

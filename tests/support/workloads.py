@@ -1,0 +1,26 @@
+"""Task functions for real Dask workers in tests. They live in an importable module (not in
+a test file) because workers unpickle functions by reference; DaskProcesses puts the
+repository root on the workers' PYTHONPATH so `tests.support.workloads` imports there."""
+
+from __future__ import annotations
+
+import time
+
+
+def slow_square(x: int, seconds: float = 0.05) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+def sleep_task(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def allocate(nbytes: int, hold_seconds: float = 0.0) -> int:
+    """Touch nbytes of memory (observable peak memory) and hold it a while."""
+    buf = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):
+        buf[i] = 1
+    time.sleep(hold_seconds)
+    return len(buf)
