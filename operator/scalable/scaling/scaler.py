@@ -249,7 +249,7 @@ class AdaptiveScaler:
             if self.max_scale_up_step is not None:
                 wanted = min(wanted, snap.workers + self.max_scale_up_step)
             target = min(wanted, high)
-            if target > snap.workers and target < wanted:
+            if target < wanted:
                 why += f"; capped at the maximum {high}"
         else:
             floor = max(low, snap.busy_workers, snap.workers - self.max_scale_down_step)

@@ -1,0 +1,199 @@
+"""scalable.yaml: the worker groups of a workflow, how they scale, where telemetry goes.
+
+The manifest is validated by pydantic; a mistake is reported as
+``<file>: <field>: <what is wrong and what is allowed>``, one line per mistake, so a user
+can fix the file without reading this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scalable.units import QuantityError, parse_cpu, parse_memory
+
+__all__ = ["Manifest", "ManifestError", "WorkerGroup", "load_manifest", "INIT_TEMPLATE", "resource_name"]
+
+_TAG_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def resource_name(tag: str) -> str:
+    """The Dask worker resource that pins tasks of ``tag`` to its group's workers."""
+    return f"tag-{tag}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorkerBounds(_Model):
+    min: int = Field(default=0, ge=0, description="fewest workers the group keeps")
+    max: int = Field(default=4, ge=1, description="most workers the group may have")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WorkerBounds":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class WorkerGroup(_Model):
+    """Workers that run the tasks submitted with this ``tag``."""
+
+    tag: str = Field(pattern=_TAG_PATTERN, max_length=50, description="lower-case letters, digits and '-'")
+    workers: WorkerBounds = Field(default_factory=WorkerBounds)
+    threads: int = Field(default=1, ge=1, le=256, description="threads per worker")
+    cpus: float = Field(default=1.0, gt=0, description="CPUs per worker, e.g. 2 or 500m")
+    memory: int = Field(default=2 * 1024**3, gt=0, description="memory per worker, e.g. 4Gi")
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus(cls, value: Any) -> float:
+        try:
+            return parse_cpu(value)
+        except QuantityError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        try:
+            return parse_memory(value)
+        except QuantityError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class ScalingSettings(_Model):
+    mode: Literal["predictive", "reactive", "off"] = "predictive"
+    advisor: Literal["learned", "none"] = Field(
+        default="learned", description="learned: train a LearnedAdvisor on the telemetry dir at start"
+    )
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+    scale_up_threshold: float = Field(default=0.8, gt=0)
+    scale_down_threshold: float = Field(default=0.3, gt=0)
+    cooldown_seconds: float = Field(default=60.0, ge=0)
+    horizon_seconds: float = Field(default=30.0, gt=0)
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    max_scale_down_step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "ScalingSettings":
+        if self.scale_down_threshold >= self.scale_up_threshold:
+            raise ValueError(
+                f"scale_down_threshold ({self.scale_down_threshold}) must be below scale_up_threshold ({self.scale_up_threshold})"
+            )
+        return self
+
+
+class TelemetrySettings(_Model):
+    enabled: bool = True
+    dir: str = Field(default="./.scalable/runs", description="runs directory, relative to scalable.yaml")
+
+
+class KubernetesSettings(_Model):
+    cluster: str | None = Field(default=None, description="name of an existing DaskCluster, or of the one to create")
+    namespace: str = "default"
+    create: bool = Field(default=False, description="create the DaskCluster if it does not exist")
+    image: str = "ghcr.io/dask/dask:latest"
+
+
+class Manifest(_Model):
+    version: Literal[1] = 1
+    workflow: str = Field(default="default", min_length=1, max_length=100)
+    target: Literal["local", "kubernetes"] = "local"
+    worker_groups: list[WorkerGroup] = Field(min_length=1)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+    @model_validator(mode="after")
+    def _unique_tags(self) -> "Manifest":
+        tags = [g.tag for g in self.worker_groups]
+        duplicates = sorted({t for t in tags if tags.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"worker group tags must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def group(self, tag: str) -> WorkerGroup:
+        for group in self.worker_groups:
+            if group.tag == tag:
+                return group
+        raise KeyError(tag)
+
+
+class ManifestError(ValueError):
+    """scalable.yaml is missing, not YAML, or not a valid manifest; the message says where."""
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate ``path``; raise :class:`ManifestError` naming file and fields."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file; `scalable init` writes one") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping with worker_groups, scaling, telemetry; got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+            lines.append(f"{path}: {_location(error['loc'])}: {message}")
+        raise ManifestError("\n".join(lines)) from None
+
+
+INIT_TEMPLATE = """\
+# scalable.yaml: how `ScalableSession.from_yaml("./scalable.yaml")` runs your workflow.
+# Submit a task to a group with its tag: client.submit(run_demeter_scenario, i, tag="demeter").
+version: 1
+workflow: demeter-sweep          # the name runs of this workflow are recorded under
+
+# local: a Dask LocalCluster on this machine. kubernetes: a DaskCluster (see below).
+target: local
+
+worker_groups:
+  - tag: demeter                 # lower-case letters, digits and '-'
+    workers:
+      min: 1                     # the scaler never goes below ...
+      max: 4                     # ... or above these
+    threads: 1                   # threads per worker
+    cpus: 1                      # per worker: 2, 0.5 or 500m
+    memory: 2Gi                  # per worker: 512Mi, 4Gi, 4G or bytes; the worker restarts above it
+
+scaling:
+  mode: predictive               # predictive | reactive | off
+  advisor: learned               # learned: train on the telemetry below at start; none: reactive only
+  poll_interval_seconds: 2
+  scale_up_threshold: 0.8        # utilisation = tasks in flight / (workers x threads)
+  scale_down_threshold: 0.3
+  cooldown_seconds: 60           # per group, from the last change
+  horizon_seconds: 30            # predictive: workers to finish the predicted work within this
+  min_confidence: 0.5            # below it the scaler is reactive and says so
+  max_scale_down_step: 1         # idle workers retired per decision
+
+telemetry:
+  enabled: true
+  dir: ./.scalable/runs          # relative to this file; advisors train on it
+
+kubernetes:                      # used with target: kubernetes
+  cluster: demeter               # an existing DaskCluster, or the one to create
+  namespace: default
+  create: false
+  image: ghcr.io/dask/dask:latest
+"""

@@ -1,0 +1,391 @@
+"""Telemetry of every Dask task, through Dask's own mechanisms, written as the run goes.
+
+Three pieces, each where the fact it records is known:
+
+* :class:`ProbedTask` wraps the user's function and runs *on the worker*, in the task's
+  thread. It measures what only the worker sees: execution time (not queue wait), CPU
+  seconds and peak memory, and the worker's resources. It sends two events through the
+  worker's ``log_event`` (topic :data:`TASK_TOPIC`): ``started`` and ``finished``.
+* :class:`TelemetrySchedulerPlugin` runs *on the scheduler*. It hears the nanny's
+  ``worker-restart-memory`` event and, when a worker leaves, logs :data:`LOST_TOPIC` with
+  whether memory killed it, because a killed worker can say nothing about its last task.
+* :class:`TelemetryCollector` runs *in the client*. It knows what was submitted (task
+  name, tag, input features, submission time) and turns the events into
+  :class:`~scalable.telemetry.schema.TaskObservation` records appended to a run as soon as
+  they arrive, so a session that crashes keeps everything recorded up to the crash.
+
+Measurement choices:
+
+* CPU seconds: on a single-threaded worker, the process's CPU time over the task (counts
+  the threads a library such as BLAS starts for it); on a multi-threaded worker the task
+  thread's own CPU time, since the process total would include the other tasks.
+* Peak memory: the absolute peak RSS of the worker process while the task ran, sampled
+  every 10 ms in a background thread plus at start and end. Absolute rather than the
+  increase over the start, because the container's memory limit and the OOM killer
+  compare the absolute RSS: an advisor that learns from it recommends a limit that holds.
+  On a multi-threaded worker it includes the other tasks running at the same time, which
+  is what that worker needed.
+* Task name: the function's ``__name__`` (``functools.partial`` unwrapped), stable across
+  ``map`` calls, not the key.
+* Input features: what the task declares with :func:`declare_features`, else every
+  scalar argument (bool, int, finite float, short str) under its parameter name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from scalable.telemetry.schema import Resources, TaskObservation, TaskState
+
+__all__ = [
+    "TASK_TOPIC",
+    "LOST_TOPIC",
+    "ProbedTask",
+    "TelemetrySchedulerPlugin",
+    "TelemetryCollector",
+    "capture_features",
+    "declare_features",
+    "task_name",
+]
+
+TASK_TOPIC = "scalable-task"
+LOST_TOPIC = "scalable-worker-lost"
+SAMPLE_INTERVAL_S = 0.01
+_MAX_FEATURE_STR = 200
+_FEATURES_ATTRIBUTE = "__scalable_features__"
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """The stable name of a task: the function's name, through partials and probes."""
+    while isinstance(fn, (functools.partial, ProbedTask)):
+        fn = fn.func
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return name if name != "<lambda>" else "lambda"
+
+
+def declare_features(extractor: Callable[..., Mapping[str, Any]]) -> Callable[[Callable], Callable]:
+    """Decorator: the task's input features are ``extractor(*args, **kwargs)``.
+
+    For tasks whose inputs are not scalars (a path, a DataFrame) but have a size or kind
+    that predicts their cost::
+
+        @declare_features(lambda path, scenario: {"size_mb": os.path.getsize(path) / 1e6})
+        def run_demeter_scenario(path, scenario): ...
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        setattr(fn, _FEATURES_ATTRIBUTE, extractor)
+        return fn
+
+    return decorate
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= _MAX_FEATURE_STR
+
+
+def capture_features(fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Input features of one call of ``fn``: declared ones, else scalar arguments by name.
+
+    ``capture_features(run, (3,), {"size_mb": 200})`` is ``{"i": 3, "size_mb": 200}`` for
+    ``def run(i, size_mb)``. Arguments that cannot be bound to the signature are recorded
+    as ``arg0, arg1, ...`` and keyword names as they are.
+    """
+    extractor = getattr(fn, _FEATURES_ATTRIBUTE, None)
+    if extractor is not None:
+        declared = extractor(*args, **kwargs)
+        return {str(k): v for k, v in dict(declared).items() if _scalar(v)}
+    target = fn
+    while isinstance(target, functools.partial):
+        args = (*target.args, *args)
+        kwargs = {**target.keywords, **kwargs}
+        target = target.func
+    try:
+        bound = inspect.signature(target).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        named: dict[str, Any] = {f"arg{i}": v for i, v in enumerate(args)}
+        named.update(kwargs)
+    else:
+        named = {}
+        for name, value in bound.arguments.items():
+            kind = bound.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                named.update({f"{name}{i}": v for i, v in enumerate(value)})
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            else:
+                named[name] = value
+    return {name: value for name, value in named.items() if _scalar(value)}
+
+
+class _PeakRSS:
+    """Samples this process's RSS in a daemon thread until stopped; keeps the maximum."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, name="scalable-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.peak = max(self.peak, self._process.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        return self.peak
+
+
+def _process_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+@dataclass(frozen=True)
+class ProbedTask:
+    """The user's function, measured where it runs. Outside a Dask worker it just runs."""
+
+    func: Callable[..., Any]
+
+    @property
+    def __name__(self) -> str:  # noqa: D401 - Dask names keys and prefixes after it
+        return task_name(self.func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from distributed.worker import get_worker, thread_state
+
+        try:
+            worker = get_worker()
+        except ValueError:
+            return self.func(*args, **kwargs)
+        key = getattr(thread_state, "key", None)
+        key_text = str(key)
+        nthreads = worker.state.nthreads
+        single = nthreads == 1
+        started = time.time()
+        worker.log_event(TASK_TOPIC, {"phase": "started", "key": key_text, "worker": worker.address, "time": started})
+        sampler = _PeakRSS()
+        cpu0 = _process_cpu() if single else time.thread_time()
+        wall0 = time.perf_counter()
+        state, error = TaskState.succeeded.value, None
+        try:
+            return self.func(*args, **kwargs)
+        except BaseException as exc:
+            state, error = TaskState.erred.value, f"{type(exc).__name__}: {exc}"[:500]
+            raise
+        finally:
+            duration = time.perf_counter() - wall0
+            cpu = (_process_cpu() if single else time.thread_time()) - cpu0
+            peak = sampler.stop()
+            memory_limit = getattr(worker.memory_manager, "memory_limit", None)
+            worker.log_event(
+                TASK_TOPIC,
+                {
+                    "phase": "finished",
+                    "key": key_text,
+                    "worker": worker.address,
+                    "worker_name": str(worker.name),
+                    "started_at": started,
+                    "finished_at": started + duration,
+                    "duration_s": duration,
+                    "cpu_seconds": max(0.0, cpu),
+                    "peak_memory_bytes": int(peak),
+                    "nthreads": nthreads,
+                    "memory_limit": int(memory_limit) if memory_limit else None,
+                    "state": state,
+                    "error": error,
+                },
+            )
+
+
+class TelemetrySchedulerPlugin(SchedulerPlugin):
+    """Tells the client which workers left and whether memory killed them.
+
+    The nanny logs ``worker-restart-memory`` just before it terminates a worker over its
+    memory budget; the scheduler notices the worker gone through its closed connection.
+    The two may arrive in either order, so the verdict on a lost worker waits
+    ``grace_s`` for the memory event.
+    """
+
+    name = "scalable-telemetry"
+
+    def __init__(self, grace_s: float = 1.0) -> None:
+        self.grace_s = grace_s
+        self._memory: dict[str, int] = {}
+        self._scheduler: Any = None
+
+    async def start(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == "worker-restart-memory" and isinstance(msg, Mapping) and "worker" in msg:
+            self._memory[str(msg["worker"])] = int(msg.get("rss") or 0)
+
+    def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str, **kwargs: Any) -> None:
+        left = time.time()
+        asyncio.get_running_loop().call_later(self.grace_s, self._report, scheduler, worker, left)
+
+    def _report(self, scheduler: Any, worker: str, left: float) -> None:
+        rss = self._memory.pop(worker, None)
+        scheduler.log_event(LOST_TOPIC, {"worker": worker, "time": left, "memory": rss is not None, "rss": rss})
+
+
+@dataclass
+class _Submitted:
+    task: str
+    tag: str | None
+    input_features: dict[str, Any]
+    submitted_at: float
+
+
+class TelemetryCollector:
+    """Client side: joins what was submitted with what the workers report, and records it.
+
+    ``sink`` is called with each :class:`TaskObservation` (a run writer's ``append``).
+    Thread-safe: events arrive on the client's event loop, the session reads pending work
+    from its scaling thread.
+    """
+
+    def __init__(self, run_id: str, sink: Callable[[TaskObservation], Any]) -> None:
+        self.run_id = run_id
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._submitted: dict[str, _Submitted] = {}
+        self._running: dict[str, tuple[str, float]] = {}
+        self._done: set[str] = set()
+        self._seen: set[tuple[str, float]] = set()
+        self.recorded = 0
+        self.submitted_per_tag: dict[str | None, int] = {}
+
+    def register(self, key: str, task: str, tag: str | None, input_features: Mapping[str, Any], submitted_at: float) -> None:
+        """Remember a submitted task so that its worker events can be attributed."""
+        with self._lock:
+            if key in self._submitted:
+                return
+            self._submitted[key] = _Submitted(task, tag, dict(input_features), submitted_at)
+            self.submitted_per_tag[tag] = self.submitted_per_tag.get(tag, 0) + 1
+
+    def forget(self, key: str) -> None:
+        """A cancelled task: no longer pending."""
+        with self._lock:
+            self._done.add(key)
+
+    def pending(self) -> dict[str | None, list[dict[str, Any]]]:
+        """Per tag, the submitted tasks that have not finished: ``{"task", "input_features"}``."""
+        out: dict[str | None, list[dict[str, Any]]] = {}
+        with self._lock:
+            for key, sub in self._submitted.items():
+                if key not in self._done:
+                    out.setdefault(sub.tag, []).append({"task": sub.task, "input_features": sub.input_features})
+        return out
+
+    def handle(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        """Handler for :data:`TASK_TOPIC` and :data:`LOST_TOPIC` events."""
+        _, msg = event
+        if not isinstance(msg, Mapping):
+            return
+        if "phase" in msg:
+            if msg["phase"] == "started":
+                key, started = str(msg["key"]), float(msg["time"])
+                with self._lock:
+                    if key not in self._done and (key, started) not in self._seen:
+                        self._running[key] = (str(msg["worker"]), started)
+            elif msg["phase"] == "finished":
+                self._finished(msg)
+        elif "worker" in msg and "memory" in msg:
+            self._lost(msg)
+
+    def _finished(self, msg: Mapping[str, Any]) -> None:
+        key = str(msg["key"])
+        with self._lock:
+            ident = (key, float(msg["started_at"]))
+            sub = self._submitted.get(key)
+            if sub is None or ident in self._seen:
+                return
+            self._seen.add(ident)
+            self._running.pop(key, None)
+            self._done.add(key)
+        record = TaskObservation(
+            run_id=self.run_id,
+            task=sub.task,
+            tag=sub.tag,
+            key=key,
+            input_features=sub.input_features,
+            submitted_at=sub.submitted_at,
+            started_at=msg["started_at"],
+            finished_at=msg["finished_at"],
+            duration_s=max(0.0, msg["duration_s"]),
+            cpu_seconds=msg.get("cpu_seconds"),
+            peak_memory_bytes=msg.get("peak_memory_bytes"),
+            worker_resources=Resources(cpus=msg.get("nthreads"), memory_bytes=msg.get("memory_limit")),
+            state=msg["state"],
+            worker=msg.get("worker_name") or msg.get("worker"),
+        )
+        self._record(record)
+
+    def _lost(self, msg: Mapping[str, Any]) -> None:
+        worker = str(msg["worker"])
+        state = TaskState.oom_killed if msg.get("memory") else TaskState.erred
+        records = []
+        with self._lock:
+            for key, (where, started) in list(self._running.items()):
+                sub = self._submitted.get(key)
+                if where != worker or sub is None or (key, started) in self._seen:
+                    continue
+                self._seen.add((key, started))
+                del self._running[key]
+                records.append(
+                    TaskObservation(
+                        run_id=self.run_id,
+                        task=sub.task,
+                        tag=sub.tag,
+                        key=key,
+                        input_features=sub.input_features,
+                        submitted_at=sub.submitted_at,
+                        started_at=started,
+                        finished_at=float(msg["time"]),
+                        duration_s=max(0.0, float(msg["time"]) - started),
+                        peak_memory_bytes=msg.get("rss") or None,
+                        state=state,
+                        worker=worker,
+                    )
+                )
+        for record in records:
+            self._record(record)
+
+    def _record(self, record: TaskObservation) -> None:
+        self._sink(record)
+        with self._lock:
+            self.recorded += 1
+
+    def replay(self, events: Mapping[str, Any]) -> None:
+        """Record what the live subscription missed, from the scheduler's event log.
+
+        ``events`` maps topic to ``[(time, msg), ...]`` as ``Client.get_events`` returns it;
+        records already written are recognised by key and start time and skipped.
+        """
+        for topic in (TASK_TOPIC, LOST_TOPIC):
+            for event in events.get(topic, ()):
+                self.handle(event)
