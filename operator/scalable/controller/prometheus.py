@@ -53,7 +53,7 @@ class QueueMetrics:
     source: str
 
 
-def render_queries(queries: Mapping[str, str] | Any, cluster: str, namespace: str) -> dict[str, str]:
+def render_queries(queries: Mapping[str, str] | Any, cluster: str, namespace: str, group: str = "default") -> dict[str, str]:
     """Substitute ``$cluster`` and ``$namespace`` into the PromQL templates.
 
     ``safe_substitute`` is deliberate: PromQL itself may contain ``$`` (e.g. in regexes), which
@@ -61,7 +61,7 @@ def render_queries(queries: Mapping[str, str] | Any, cluster: str, namespace: st
     """
     if not isinstance(queries, Mapping):
         queries = queries.model_dump()
-    return {name: string.Template(text).safe_substitute(cluster=cluster, namespace=namespace) for name, text in queries.items()}
+    return {name: string.Template(text).safe_substitute(cluster=cluster, namespace=namespace, group=group) for name, text in queries.items()}
 
 
 def check_value(raw: Any, what: str) -> float:
@@ -122,9 +122,33 @@ class PrometheusClient:
             )
         return check_value(result[0].get("value", [None, None])[1], what)
 
-    async def queue_metrics(self, queries: Mapping[str, str] | Any, cluster: str, namespace: str) -> QueueMetrics:
+    async def query_series(self, promql: str, what: str = "query") -> dict[str, float]:
+        """Every series of an instant vector, keyed by its ``instance`` (or all labels); checked."""
+        try:
+            async with self.session.get(
+                f"{self.url}/api/v1/query", params={"query": promql}, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as response:
+                if response.status != 200:
+                    raise MetricsUnavailable("BadResponse", f"{what}: Prometheus answered HTTP {response.status}")
+                payload = await response.json(content_type=None)
+        except asyncio.TimeoutError as exc:
+            raise MetricsUnavailable("Timeout", f"{what}: no answer from {self.url} within {self.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise MetricsUnavailable("Unreachable", f"{what}: {self.url}: {exc}") from exc
+        data = (payload or {}).get("data") or {}
+        if payload.get("status") != "success" or data.get("resultType") != "vector":
+            raise MetricsUnavailable("BadResponse", f"{what}: expected a vector")
+        out = {}
+        for series in data.get("result") or []:
+            labels = series.get("metric") or {}
+            key = labels.get("instance") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+            out[key] = check_value(series.get("value", [None, None])[1], what)
+        return out
+
+    async def queue_metrics(self, queries: Mapping[str, str] | Any, cluster: str, namespace: str,
+                            group: str = "default") -> QueueMetrics:
         """Queued, processing and worker counts of one cluster; empty queue series are no data."""
-        rendered = render_queries(queries, cluster, namespace)
+        rendered = render_queries(queries, cluster, namespace, group)
         queued, processing, workers = await asyncio.gather(
             self.query(rendered["queued"], "queued"),
             self.query(rendered["processing"], "processing"),

@@ -117,6 +117,7 @@ class AdvisorModelStatus(_Spec):
     trainedAt: str | None = None
     runs: int | None = None
     records: int | None = None
+    recordsSeen: int | None = Field(default=None, description="Task records in the namespace when it last trained; newRecordThreshold counts from here.")
     coverage: str | None = Field(default=None, description="Measured coverage, formatted for kubectl get.")
     quality: ModelQuality | None = None
     decision: str | None = Field(default=None, description="Why the last challenger was promoted or kept back.")
@@ -184,11 +185,16 @@ class ScalingMode(str, enum.Enum):
 
 
 class PrometheusQueries(_Spec):
-    """PromQL templates; ``$cluster`` and ``$namespace`` are substituted (string.Template)."""
+    """PromQL templates; ``$cluster``, ``$namespace`` (and ``$group``, which makes the queue
+    queries per worker group) are substituted (string.Template)."""
 
     queued: str = 'sum(dask_scheduler_tasks{state=~"queued|no-worker|waiting",namespace="$namespace",cluster="$cluster"})'
     processing: str = 'sum(dask_scheduler_tasks{state="processing",namespace="$namespace",cluster="$cluster"})'
     workers: str = 'sum(dask_scheduler_workers{state!="closed",namespace="$namespace",cluster="$cluster"})'
+    workerMemory: str = Field(
+        default='sum by (instance) (dask_worker_memory_bytes{type!="spilled",namespace="$namespace",cluster="$cluster"})',
+        description="Memory in use per worker (one series per worker); recorded as telemetry by the operator.",
+    )
 
 
 class PrometheusSource(_Spec):
@@ -205,7 +211,7 @@ class Scaling(_Spec):
 
     mode: ScalingMode = Field(default=ScalingMode.Predictive)
     scaleUpThreshold: float = Field(default=0.8, gt=0, le=10)
-    scaleDownThreshold: float = Field(default=0.3, ge=0, le=10)
+    scaleDownThreshold: float = Field(default=0.3, gt=0, le=10)
     cooldownSeconds: int = Field(default=60, ge=0, le=86_400)
     pollIntervalSeconds: int = Field(default=15, ge=1, le=3_600)
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
@@ -257,6 +263,7 @@ class GroupStatus(_Spec):
     currentReplicas: int | None = None
     desiredReplicas: int | None = None
     lastDecision: Decision | None = None
+    lastScaleTime: str | None = Field(default=None, description="When replicas were last changed; the cooldown counts from here, across operator restarts.")
 
 
 class ScalableWorkflowStatus(_Spec):

@@ -1,0 +1,59 @@
+"""``scalable operator run``: the Kubernetes operator (kopf) as a command.
+
+Two replicas may run; a Lease (``--lease-namespace``/``--lease-name``) makes exactly one act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="The Kubernetes operator that sizes and scales Dask workflows.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch this namespace (repeatable)."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
+    telemetry_path: Path = typer.Option(Path("/var/lib/scalable"), help="Root of telemetry and models (the PVC)."),
+    prometheus_url: Optional[str] = typer.Option(None, help="Default Prometheus for workflows that name none."),
+    scheduler_url: str = typer.Option(
+        "http://$cluster-scheduler.$namespace.svc:8787",
+        help="Template of the Dask scheduler's HTTP address, the fallback when Prometheus fails; '' disables it.",
+    ),
+    metrics_port: int = typer.Option(8080, help="Port of /metrics, /healthz and /readyz."),
+    ingest_port: int = typer.Option(8081, help="Port of the telemetry ingestion endpoint (POST /v1/runs/...)."),
+    lease_namespace: str = typer.Option("scalable-system", envvar="POD_NAMESPACE", help="Namespace of the leader Lease."),
+    lease_name: str = typer.Option("scalable-operator", help="Name of the leader Lease."),
+    identity: Optional[str] = typer.Option(None, envvar="POD_NAME", help="This replica's name in the Lease."),
+    kubeconfig: Optional[str] = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig; in-cluster ServiceAccount without."),
+    sizing_interval: float = typer.Option(300.0, help="Seconds between re-sizing checks of a workflow."),
+    training_workers: int = typer.Option(1, help="Training processes."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the operator until interrupted."""
+    from scalable.controller.app import RunOptions, run_operator
+    from scalable.controller.runtime import OperatorConfig
+
+    if not namespace and not all_namespaces:
+        typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)
+        raise typer.Exit(2)
+    if namespace and all_namespaces:
+        typer.echo("error: --namespace and --all-namespaces exclude each other", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = OperatorConfig(
+        telemetry_path=str(telemetry_path), prometheus_url=prometheus_url, scheduler_url_template=scheduler_url or None,
+        sizing_interval_s=sizing_interval, training_workers=training_workers,
+    )
+    options = RunOptions(
+        config=config, namespaces=list(namespace), clusterwide=all_namespaces, metrics_port=metrics_port,
+        ingest_port=ingest_port, lease_namespace=lease_namespace, lease_name=lease_name, identity=identity,
+        kubeconfig=kubeconfig,
+    )
+    code = asyncio.run(run_operator(options))
+    raise typer.Exit(code)

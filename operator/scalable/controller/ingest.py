@@ -1,0 +1,184 @@
+"""Telemetry ingestion: workflow clients inside the cluster push their runs to the operator.
+
+``POST /v1/namespaces/{namespace}/scalableworkflows/{name}/runs`` with a JSON body::
+
+    {"run": {"run_id": "...", "started_at": ..., "labels": {...}},      # run_id optional
+     "records": [{"kind": "task", ...}, {"kind": "worker", ...}, ...]}
+
+Who may write: the caller sends its ServiceAccount token (``Authorization: Bearer``). The
+operator asks the API server who that is (TokenReview) and whether that identity may
+``update`` this ScalableWorkflow (SubjectAccessReview) — the same permission that lets it
+change the workflow's spec, so a pod of one namespace can never write another's telemetry.
+No token or an invalid one: 401. Not allowed: 403. The API server unreachable: 503.
+
+What is stored: every record is validated with the telemetry schema first; if any is
+invalid, the whole request is refused (400) with the reason for each bad record and nothing
+is written. A run that exists for another workflow is not joined (409). When the volume has
+less free space than the request needs plus a reserve, 507, before anything is written.
+Valid records are appended to ``<root>/<namespace>/runs/<run_id>/`` by the telemetry library.
+The answer is ``{"run_id", "accepted"}``; a client pushes several batches into one run by
+sending the same ``run_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import time
+from typing import Any
+
+import pydantic
+from aiohttp import web
+
+from scalable.controller.kube import KubeError
+from scalable.controller.storage import StorageError, validate_name, validate_namespace
+from scalable.telemetry.schema import RECORD_FILES, RECORD_TYPES, RunInfo
+from scalable.telemetry.store import RunStore, is_run_dir_name, new_run_id
+
+__all__ = ["ingest_app", "MAX_BODY_BYTES", "MAX_RECORDS"]
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_RECORDS = 100_000
+_AUTH_TTL_S = 60.0
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="scalable"'} if status == 401 else None
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+class _Authorizer:
+    """TokenReview + SubjectAccessReview with a short cache (a client pushes many batches)."""
+
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube
+        self._cache: dict[tuple[str, str, str], tuple[float, int, str]] = {}
+
+    async def check(self, token: str, namespace: str, name: str) -> tuple[int, str]:
+        key = (hashlib.sha256(token.encode()).hexdigest(), namespace, name)
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < _AUTH_TTL_S:
+            return cached[1], cached[2]
+        review = await self.kube.token_review(token)
+        if not review.get("authenticated"):
+            result = (401, review.get("error") or "the token is not valid")
+        else:
+            user = review.get("user") or {}
+            access = await self.kube.access_review(user, namespace, "update", "scalable.dev", "scalableworkflows", name)
+            if access.get("allowed"):
+                result = (200, user.get("username", ""))
+            else:
+                why = access.get("reason") or "no RBAC rule allows it"
+                result = (403, f"{user.get('username')!r} may not update scalableworkflows/{name} in namespace {namespace!r}: {why}")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic(), *result)
+        return result
+
+
+def _validate(run_id: str, records: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+    valid, refused = [], []
+    for index, raw in enumerate(records):
+        if not isinstance(raw, dict):
+            refused.append({"index": index, "reason": "a record must be a JSON object"})
+            continue
+        data = dict(raw)
+        kind = data.get("kind", "task")
+        if kind not in RECORD_FILES:
+            refused.append({"index": index, "reason": f"kind {kind!r} cannot be pushed; kinds: {sorted(RECORD_FILES)}"})
+            continue
+        if data.setdefault("run_id", run_id) != run_id:
+            refused.append({"index": index, "reason": f"run_id {data['run_id']!r} differs from the run {run_id!r}"})
+            continue
+        try:
+            valid.append(RECORD_TYPES[kind].model_validate(data))
+        except pydantic.ValidationError as exc:
+            reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors()[:5])
+            refused.append({"index": index, "reason": reasons})
+    return valid, refused
+
+
+def ingest_app(rt: Any) -> web.Application:
+    authorizer = _Authorizer(rt.kube)
+
+    async def push(request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        try:
+            validate_namespace(namespace)
+            validate_name(name)
+        except StorageError as exc:
+            return _error(400, str(exc))
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            return _error(401, "send the ServiceAccount token as 'Authorization: Bearer <token>'")
+        try:
+            status, who = await authorizer.check(header[7:].strip(), namespace, name)
+        except KubeError as exc:
+            return _error(503, f"cannot verify the caller with the API server: {exc}")
+        if status != 200:
+            rt.metrics.records.labels(namespace, "unauthorized").inc()
+            return _error(status, who)
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return _error(413, f"at most {MAX_BODY_BYTES} bytes per request; send several batches with the same run_id")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the body must be JSON: {\"run\": {...}, \"records\": [...]}")
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            return _error(400, "the body must be a JSON object with a 'records' list")
+        records = body["records"]
+        if len(records) > MAX_RECORDS:
+            return _error(413, f"at most {MAX_RECORDS} records per request")
+        run = dict(body.get("run") or {})
+        run_id = run.pop("run_id", None) or new_run_id()
+        if not isinstance(run_id, str) or not is_run_dir_name(run_id):
+            return _error(400, f"invalid run_id {run_id!r}: letters, digits and . _ : @ + -, not starting with . or -")
+        run.update(workflow=name, namespace=namespace)
+        run.setdefault("source", "client")
+        try:
+            RunInfo.model_validate({"run_id": run_id, **run})
+        except pydantic.ValidationError as exc:
+            return _error(400, f"invalid run: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        valid, refused = _validate(run_id, records)
+        if refused:
+            rt.metrics.records.labels(namespace, "refused").inc(len(refused))
+            return _error(400, f"{len(refused)} of {len(records)} records are invalid; nothing was stored", refused=refused[:100])
+        workflow = await rt.kube.get("ScalableWorkflow", namespace, name)
+        if workflow is None:
+            return _error(404, f"ScalableWorkflow {name!r} not found in namespace {namespace!r}")
+        needed = (request.content_length or 0) * 2 + rt.config.min_free_bytes
+        runs_dir = rt.root.runs_dir(namespace)
+        if rt.root.free_bytes() < needed:
+            rt.metrics.records.labels(namespace, "refused").inc(len(valid))
+            return _error(507, "the telemetry volume is full; nothing was stored")
+
+        def store() -> tuple[int, str | None]:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            existing = RunStore(runs_dir).run_info(run_id)
+            if existing is not None and existing.workflow != name:
+                return -1, existing.workflow
+            writer = RunStore(runs_dir).open_run(run_id=run_id, **run)
+            try:
+                return writer.append_many(valid), None
+            finally:
+                writer.close()
+
+        try:
+            accepted, other = await asyncio.to_thread(store)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return _error(507, "the telemetry volume is full")
+            raise
+        if accepted < 0:
+            return _error(409, f"run {run_id!r} belongs to workflow {other!r}")
+        rt.metrics.records.labels(namespace, "accepted").inc(accepted)
+        return web.json_response({"run_id": run_id, "accepted": accepted})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_post("/v1/namespaces/{namespace}/scalableworkflows/{name}/runs", push)
+    app.router.add_get("/healthz", healthz)
+    return app

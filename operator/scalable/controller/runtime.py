@@ -1,0 +1,88 @@
+"""Everything one operator process shares between its handlers, built once at startup.
+
+Handlers get this object from kopf's ``memo``; tests build one directly against a real API
+server. Nothing in it is global, so two operators (say, before and after a simulated restart)
+can live in one test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from scalable.controller.kube import KubeClient
+from scalable.controller.metrics import OperatorMetrics
+from scalable.controller.observe import OperatorRecorder
+from scalable.controller.prometheus import PrometheusClient, QueueMetrics, SchedulerMetrics
+from scalable.controller.resources import ScalableWorkflowSpec
+from scalable.controller.storage import TelemetryRoot
+
+__all__ = ["OperatorConfig", "Runtime", "DEFAULT_SCHEDULER_URL"]
+
+#: dask-kubernetes names the scheduler Service ``<cluster>-scheduler``; its dashboard port is 8787
+DEFAULT_SCHEDULER_URL = "http://$cluster-scheduler.$namespace.svc:8787"
+
+
+@dataclass
+class OperatorConfig:
+    telemetry_path: str
+    prometheus_url: str | None = None
+    scheduler_url_template: str | None = DEFAULT_SCHEDULER_URL
+    sizing_interval_s: float = 300.0
+    observe_interval_s: float = 60.0
+    training_check_interval_s: float = 30.0
+    training_workers: int = 1
+    training_timeout_s: float = 3600.0
+    min_free_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kube: KubeClient
+    session: aiohttp.ClientSession
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    root: TelemetryRoot = field(init=False)
+    recorder: OperatorRecorder = field(init=False)
+    wakeups: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
+    advisors: Any = None
+    trainer: Any = None
+
+    def __post_init__(self) -> None:
+        self.root = TelemetryRoot(self.config.telemetry_path)
+        self.recorder = OperatorRecorder(self.root)
+
+    def wakeup(self, kind: str, namespace: str, name: str) -> asyncio.Event:
+        key = (kind, namespace, name)
+        event = self.wakeups.get(key)
+        if event is None:
+            event = self.wakeups[key] = asyncio.Event()
+        return event
+
+    def prometheus_for(self, spec: ScalableWorkflowSpec) -> PrometheusClient | None:
+        url = spec.scaling.prometheus.url or self.config.prometheus_url
+        if not url:
+            return None
+        return PrometheusClient(url, self.session, spec.scaling.prometheus.timeoutSeconds)
+
+    def scheduler_for(self, namespace: str, cluster: str) -> SchedulerMetrics | None:
+        if not self.config.scheduler_url_template:
+            return None
+        url = string.Template(self.config.scheduler_url_template).safe_substitute(cluster=cluster, namespace=namespace)
+        return SchedulerMetrics(url, self.session, timeout=5.0)
+
+    async def close(self) -> None:
+        self.recorder.close()
+        if self.trainer is not None:
+            self.trainer.shutdown()
+        await self.session.close()
+
+
+async def no_prometheus(namespace: str, cluster: str, spec: ScalableWorkflowSpec, group: str | None) -> QueueMetrics:
+    from scalable.controller.prometheus import MetricsUnavailable
+
+    raise MetricsUnavailable("NotConfigured", "no Prometheus URL: set spec.scaling.prometheus.url or --prometheus-url")

@@ -1,0 +1,324 @@
+"""One scaling poll of one ScalableWorkflow: metrics -> snapshot -> AdaptiveScaler -> replicas.
+
+Everything the poll touches is passed in (:class:`PollDeps`), so the same code runs under kopf,
+in the benchmark and in tests against a real API server with a Prometheus we control.
+
+Rules that make it safe to run again at any moment, including right after a restart:
+
+* **Decide from what is observed.** The "from" count is the ``spec.worker.replicas`` read in
+  this poll, and the target is absolute; a poll repeated after a crash between patch and
+  status write re-reads the patched replicas and does not add workers twice.
+* **Cooldown survives restarts.** The time replicas last changed is in
+  ``status.groups[].lastScaleTime``; a fresh scaler (new process) is held back by it, not
+  only by its own memory.
+* **Never fight another scaler.** A DaskAutoscaler on the same cluster makes the poll hold with
+  ``Scaling=False, reason=ConflictingAutoscaler``.
+* **Degrade, never guess.** Prometheus unavailable -> the scheduler's own ``/metrics`` ->
+  hold; each step says so in a condition.
+* **Writes are guarded** by the ``resourceVersion`` the decision was based on; a conflict
+  means someone else changed replicas, and the next poll decides again from the new value.
+
+Queue metrics are per cluster (the scheduler does not label tasks by worker group). With one
+group that is exact; with several, unless the queries mention ``$group`` (then queried per
+group), the queue is split across groups in proportion to their ``maxWorkers``, an
+approximation the decision reason states.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scalable.controller.conditions import now_rfc3339
+from scalable.controller.kube import Conflict, KubeClient
+from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
+from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
+from scalable.scaling.decision import TagDecision
+from scalable.scaling.scaler import AdaptiveScaler
+from scalable.units import QuantityError, parse_cpu
+
+__all__ = ["GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets"]
+
+MetricsFn = Callable[[str, str, ScalableWorkflowSpec, "str | None"], Awaitable[QueueMetrics]]
+SchedulerFn = Callable[[str, str], Awaitable[QueueMetrics]]
+RecordFn = Callable[[str, str, list[Any]], Awaitable[None]]
+
+
+@dataclass
+class PollDeps:
+    kube: KubeClient
+    prometheus: MetricsFn
+    scheduler: SchedulerFn | None = None
+    record: RecordFn | None = None
+
+
+@dataclass
+class GroupTarget:
+    """The object whose ``spec.worker.replicas`` a worker group's size lives in."""
+
+    group: WorkerGroup
+    kind: str
+    name: str
+    obj: dict[str, Any]
+
+    @property
+    def replicas(self) -> int:
+        return int(((self.obj.get("spec") or {}).get("worker") or {}).get("replicas") or 0)
+
+    @property
+    def resource_version(self) -> str:
+        return self.obj["metadata"]["resourceVersion"]
+
+    def threads_per_worker(self) -> int:
+        """Dask gives a worker one thread per CPU of its limit; 1 when nothing is set."""
+        pod_spec = ((self.obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
+        for container in pod_spec.get("containers") or []:
+            if container.get("name") != self.group.resourcePolicy.containerName:
+                continue
+            resources = container.get("resources") or {}
+            cpu = (resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu")
+            try:
+                return max(1, math.ceil(parse_cpu(cpu))) if cpu is not None else 1
+            except QuantityError:
+                return 1
+        return 1
+
+
+@dataclass
+class PollResult:
+    """What one poll found and did; ``conditions`` are (type, status, reason, message)."""
+
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    decisions: list[TagDecision] = field(default_factory=list)
+    metrics: QueueMetrics | None = None
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        self.conditions.append({"type": type_, "status": status, "reason": reason, "message": message})
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def make_scaler(spec: ScalableWorkflowSpec, advisor: Any = None) -> AdaptiveScaler:
+    """The AdaptiveScaler for a workflow's spec; ``advisor`` only in Predictive mode."""
+    tags = {(g.tag or g.name): g for g in spec.workerGroups}
+    s = spec.scaling
+    return AdaptiveScaler(
+        advisor=advisor if s.mode == "Predictive" else None,
+        min_workers={tag: g.minWorkers for tag, g in tags.items()},
+        max_workers={tag: g.maxWorkers for tag, g in tags.items()},
+        scale_up_threshold=s.scaleUpThreshold,
+        scale_down_threshold=s.scaleDownThreshold,
+        cooldown_seconds=s.cooldownSeconds,
+        horizon_seconds=max(30.0, 2.0 * s.pollIntervalSeconds),
+    )
+
+
+async def resolve_targets(kube: KubeClient, namespace: str, spec: ScalableWorkflowSpec) -> tuple[dict[str, Any] | None, list[GroupTarget], list[str]]:
+    """The DaskCluster, the object behind each group, and what is missing (as messages)."""
+    cluster_name = spec.clusterRef.name
+    cluster = await kube.get("DaskCluster", namespace, cluster_name)
+    if cluster is None:
+        return None, [], [f"DaskCluster {cluster_name!r} not found in namespace {namespace!r}"]
+    targets, problems = [], []
+    for group in spec.workerGroups:
+        if group.name == "default":
+            targets.append(GroupTarget(group, "DaskCluster", cluster_name, cluster))
+            continue
+        obj = await kube.get("DaskWorkerGroup", namespace, group.name)
+        if obj is None:
+            problems.append(f"DaskWorkerGroup {group.name!r} not found in namespace {namespace!r}")
+        elif (obj.get("spec") or {}).get("cluster") != cluster_name:
+            problems.append(f"DaskWorkerGroup {group.name!r} belongs to cluster {(obj.get('spec') or {}).get('cluster')!r}, not {cluster_name!r}")
+        else:
+            targets.append(GroupTarget(group, "DaskWorkerGroup", group.name, obj))
+    return cluster, targets, problems
+
+
+def _features(group: WorkerGroup) -> dict[str, Any]:
+    """Input features are strings in the CRD (one schema type); numbers become numbers again."""
+    out: dict[str, Any] = {}
+    for key, value in group.inputFeatures.items():
+        try:
+            number = float(value)
+            out[key] = int(number) if number.is_integer() and "." not in value else number
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _shares(targets: list[GroupTarget]) -> dict[str, float]:
+    total = sum(max(1, t.group.maxWorkers) for t in targets)
+    return {t.group.name: max(1, t.group.maxWorkers) / total for t in targets}
+
+
+def _with_cooldown(decision: TagDecision, last_scale: float | None, cooldown: float, now: float,
+                   low: int, high: int) -> TagDecision:
+    """Hold a change that the persisted cooldown forbids (bound repairs excepted)."""
+    if decision.action == "hold" or last_scale is None or now - last_scale >= cooldown:
+        return decision
+    repairing = decision.from_workers < low or decision.from_workers > high
+    if repairing:
+        return decision
+    left = cooldown - (now - last_scale)
+    return TagDecision(
+        tag=decision.tag, action="hold", from_workers=decision.from_workers, to_workers=decision.from_workers,
+        reason=f"{decision.reason}; last scaled {now - last_scale:.0f}s ago, in cooldown for {left:.0f}s more",
+        mode=decision.mode, utilisation=decision.utilisation, queued=decision.queued, processing=decision.processing,
+        predicted_load=decision.predicted_load, confidence=decision.confidence,
+    )
+
+
+def _conflicting_autoscaler(autoscalers: list[dict[str, Any]], cluster: str) -> str | None:
+    for autoscaler in autoscalers:
+        if (autoscaler.get("spec") or {}).get("cluster") == cluster:
+            return autoscaler["metadata"]["name"]
+    return None
+
+
+async def _read_metrics(deps: PollDeps, namespace: str, cluster: str, spec: ScalableWorkflowSpec,
+                        group: str | None, result: PollResult) -> QueueMetrics | None:
+    try:
+        metrics = await deps.prometheus(namespace, cluster, spec, group)
+        result.condition("PrometheusAvailable", True, "Queried", f"queue metrics of {cluster!r} from Prometheus")
+        return metrics
+    except MetricsUnavailable as exc:
+        result.condition("PrometheusAvailable", False, exc.reason, exc.message)
+    if deps.scheduler is not None:
+        try:
+            return await deps.scheduler(namespace, cluster)
+        except MetricsUnavailable as exc:
+            result.condition("Scaling", False, "NoMetrics", f"Prometheus and the scheduler are unavailable ({exc.message}); holding")
+            return None
+    result.condition("Scaling", False, "NoMetrics", "Prometheus is unavailable and there is no scheduler fallback; holding")
+    return None
+
+
+async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveScaler, now: float) -> PollResult:
+    """Read, decide and (if allowed) patch replicas once. Status is the caller's to write."""
+    namespace = body["metadata"]["namespace"]
+    spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
+    status = body.get("status") or {}
+    previous = {g.get("name"): g for g in status.get("groups") or []}
+    result = PollResult()
+    cluster_name = spec.clusterRef.name
+
+    cluster, targets, problems = await resolve_targets(deps.kube, namespace, spec)
+    if cluster is None:
+        result.condition("Scaling", False, "ClusterNotFound", problems[0])
+        return result
+    for target in targets:
+        result.groups[target.group.name] = {"currentReplicas": target.replicas}
+    if problems:
+        result.condition("Scaling", False, "WorkerGroupNotFound", "; ".join(problems))
+    if spec.scaling.mode == "Off":
+        result.condition("Scaling", False, "ScalingOff", "spec.scaling.mode is Off: replicas are left alone")
+        return result
+    conflict = _conflicting_autoscaler(await deps.kube.list("DaskAutoscaler", namespace), cluster_name)
+    if conflict is not None:
+        result.condition(
+            "Scaling", False, "ConflictingAutoscaler",
+            f"DaskAutoscaler {conflict!r} scales cluster {cluster_name!r}; two scalers would fight, so this workflow holds. "
+            "Delete the DaskAutoscaler or set spec.scaling.mode: Off",
+        )
+        return result
+    if not targets:
+        return result
+
+    per_group = any("$group" in q for q in spec.scaling.prometheus.queries.model_dump().values())
+    metrics_by_group: dict[str, QueueMetrics] = {}
+    if per_group:
+        for target in targets:
+            metrics = await _read_metrics(deps, namespace, cluster_name, spec, target.group.name, result)
+            if metrics is None:
+                return result
+            metrics_by_group[target.group.name] = metrics
+        result.metrics = next(iter(metrics_by_group.values()))
+        shares = {t.group.name: 1.0 for t in targets}
+    else:
+        metrics = await _read_metrics(deps, namespace, cluster_name, spec, None, result)
+        if metrics is None:
+            return result
+        result.metrics = metrics
+        metrics_by_group = {t.group.name: metrics for t in targets}
+        shares = _shares(targets) if len(targets) > 1 else {targets[0].group.name: 1.0}
+
+    snapshot = {}
+    by_tag = {}
+    for target in targets:
+        g = target.group
+        metrics = metrics_by_group[g.name]
+        share = shares[g.name]
+        tag = g.tag or g.name
+        by_tag[tag] = target
+        snapshot[tag] = {
+            "queued": int(round(metrics.queued * share)),
+            "processing": int(round(metrics.processing * share)),
+            "workers": target.replicas,
+            "threads_per_worker": target.threads_per_worker(),
+            "task": g.task,
+            "input_features": _features(g),
+        }
+    decision = scaler.evaluate(snapshot, now)
+
+    acted = False
+    for tag, tag_decision in decision.tags.items():
+        target = by_tag[tag]
+        g = target.group
+        last_scale = parse_time((previous.get(g.name) or {}).get("lastScaleTime"))
+        tag_decision = _with_cooldown(tag_decision, last_scale, spec.scaling.cooldownSeconds, now, g.minWorkers, g.maxWorkers)
+        if len(targets) > 1 and not per_group and tag_decision.action != "hold":
+            tag_decision = _annotated(tag_decision, f" (cluster queue split by maxWorkers: {shares[g.name]:.0%} to group {g.name!r})")
+        group_status = result.groups[g.name]
+        group_status["desiredReplicas"] = tag_decision.to_workers
+        if tag_decision.action != "hold":
+            try:
+                await deps.kube.set_replicas(target.kind, namespace, target.name, tag_decision.to_workers, target.resource_version)
+            except Conflict:
+                result.condition("Scaling", True, "Conflict", f"{target.kind} {target.name!r} changed while deciding; deciding again next poll")
+                group_status["desiredReplicas"] = target.replicas
+                continue
+            acted = True
+            group_status["lastScaleTime"] = now_rfc3339(now)
+            group_status["currentReplicas"] = tag_decision.to_workers
+            verb = "ScaledUp" if tag_decision.action == "scale_up" else "ScaledDown"
+            result.events.append((verb, "Normal", f"group {g.name!r}: {tag_decision.from_workers} -> {tag_decision.to_workers} workers: {tag_decision.reason}"))
+        group_status["lastDecision"] = {
+            "time": now_rfc3339(now), "action": tag_decision.action, "from": tag_decision.from_workers,
+            "to": tag_decision.to_workers, "reason": tag_decision.reason[:1000], "mode": tag_decision.mode,
+            "predictedLoad": _finite(tag_decision.predicted_load), "confidence": _finite(tag_decision.confidence),
+            "queued": float(tag_decision.queued), "processing": float(tag_decision.processing),
+        }
+        result.decisions.append(tag_decision)
+    if not problems and not any(c["type"] == "Scaling" and c["status"] is not True for c in result.conditions):
+        source = result.metrics.source if result.metrics else "none"
+        mode = next(iter(decision.tags.values())).mode if decision.tags else "hold"
+        result.condition("Scaling", True, "Active", f"{mode} scaling from {source} metrics" + ("; replicas patched" if acted else ""))
+    if deps.record is not None and result.decisions:
+        await deps.record(namespace, body["metadata"]["name"], result.decisions)
+    return result
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _annotated(decision: TagDecision, suffix: str) -> TagDecision:
+    return TagDecision(
+        tag=decision.tag, action=decision.action, from_workers=decision.from_workers, to_workers=decision.to_workers,
+        reason=decision.reason + suffix, mode=decision.mode, utilisation=decision.utilisation, queued=decision.queued,
+        processing=decision.processing, predicted_load=decision.predicted_load, confidence=decision.confidence,
+    )

@@ -1,0 +1,356 @@
+"""The reconcile loop of one ScalableWorkflow: size the worker templates, then scale, then report.
+
+One loop per object (a kopf daemon) is the only writer of that object's status, so sizing and
+scaling never overwrite each other's fields. Each iteration re-reads the workflow and the Dask
+objects from the API server and decides from what it sees, which is what makes a restart at any
+point harmless. Errors become conditions and a back-off, never a crashed loop.
+
+Sizing runs when the loop starts, when the spec's generation or the model version changes, and
+every ``sizing_interval_s`` (so ``Auto`` follows a retrained model); scaling runs every
+``spec.scaling.pollIntervalSeconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from scalable.controller import sizing
+from scalable.controller.conditions import merge_conditions, set_condition
+from scalable.controller.kube import Conflict, KubeError
+from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
+from scalable.controller.resources import ScalableWorkflowSpec
+from scalable.controller.runtime import Runtime, no_prometheus
+from scalable.controller.scaling_loop import GroupTarget, PollDeps, _features, make_scaler, poll_once, resolve_targets
+from scalable.units import format_memory
+
+__all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
+
+log = logging.getLogger("scalable.controller.workflow")
+
+
+@dataclass
+class SizingResult:
+    recommendations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _workflow_key(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
+async def _patch_template(rt: Runtime, target: GroupTarget, kind: str, name: str, obj: dict[str, Any],
+                          group_sized: sizing.Sized, key: str, generation: int) -> None:
+    ops = sizing.template_patch(obj, target.group.resourcePolicy.containerName, group_sized, key, generation)
+    await rt.kube.json_patch(kind, obj["metadata"]["namespace"], name, ops)
+
+
+async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkflowSpec, targets: list[GroupTarget],
+                      advisor: Any, model_version: str | None) -> SizingResult:
+    """Recommend per group and, where the resource policy says so, write the pod templates."""
+    result = SizingResult()
+    namespace = body["metadata"]["namespace"]
+    key = _workflow_key(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    applied, recommend_only, problems = [], [], []
+    for target in targets:
+        group = target.group
+        try:
+            rec = advisor.recommend(group.task, input_features=_features(group))
+        except Exception as exc:  # noqa: BLE001 - an advisor failure is reported, not fatal
+            problems.append(f"group {group.name!r}: the advisor failed: {type(exc).__name__}: {exc}")
+            continue
+        policy = group.resourcePolicy
+        cpus = rec.cpus_exact if getattr(rec, "cpus_exact", None) else rec.cpus
+        try:
+            group_sized = sizing.clamp(float(cpus), float(rec.memory_bytes), policy.minAllowed, policy.maxAllowed)
+        except sizing.SizingError as exc:
+            problems.append(f"group {group.name!r}: {exc}")
+            continue
+        basis = rec.basis + ("; " + "; ".join(group_sized.bounded_by) if group_sized.bounded_by else "")
+        result.recommendations[group.name] = {
+            "cpu": group_sized.cpu, "memory": group_sized.memory, "confidence": round(float(rec.confidence), 4),
+            "method": rec.method, "basis": basis[:1000], "modelVersion": getattr(rec, "model_version", None) or model_version,
+        }
+        m = rt.metrics
+        labels = (namespace, body["metadata"]["name"], group.name)
+        m.recommended_cpu.labels(*labels).set(group_sized.cpus)
+        m.recommended_memory.labels(*labels).set(group_sized.memory_bytes)
+        m.confidence.labels(*labels).set(float(rec.confidence))
+        if rec.method == "default":
+            problems.append(f"group {group.name!r}: no history for task {group.task!r} yet; the template is left alone")
+            continue
+        pod_spec = ((target.obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
+        try:
+            container = pod_spec["containers"][sizing.container_index(pod_spec, policy.containerName)]
+            annotation = ((target.obj.get("metadata") or {}).get("annotations") or {}).get(sizing.ANNOTATION_SIZED)
+            ok, why = sizing.should_apply(policy.mode, container, group_sized, annotation, key, generation)
+        except sizing.SizingError as exc:
+            problems.append(f"group {group.name!r}: {exc}")
+            continue
+        if not ok:
+            (recommend_only if policy.mode == "Off" else applied).append(f"{group.name}: {why}")
+            continue
+        change = sizing.describe_change(container, group_sized, rec.basis)
+        try:
+            await _patch_template(rt, target, target.kind, target.name, target.obj, group_sized, key, generation)
+            if target.kind == "DaskCluster":
+                # New default-group workers are built from the DaskWorkerGroup <cluster>-default, whose pod
+                # spec dask-kubernetes does not update from the DaskCluster: size it too.
+                default_group = await rt.kube.get("DaskWorkerGroup", namespace, f"{target.name}-default")
+                if default_group is not None:
+                    await _patch_template(rt, target, "DaskWorkerGroup", f"{target.name}-default", default_group,
+                                          group_sized, key, generation)
+        except (Conflict, sizing.SizingError) as exc:
+            problems.append(f"group {group.name!r}: the template changed while sizing ({exc}); retrying")
+            continue
+        applied.append(f"{group.name}: {change}")
+        result.events.append(("Resized", "Normal", f"group {group.name!r} ({policy.mode}): {change}; {why}. Running workers keep their resources; new workers get these."))
+    if problems:
+        result.conditions.append({"type": "Sized", "status": False, "reason": "SizingIncomplete", "message": "; ".join(problems)[:2000]})
+    elif recommend_only and not applied:
+        result.conditions.append({"type": "Sized", "status": False, "reason": "RecommendOnly", "message": "; ".join(recommend_only)[:2000]})
+    else:
+        result.conditions.append({"type": "Sized", "status": True, "reason": "Sized", "message": ("; ".join(applied + recommend_only) or "sized")[:2000]})
+    return result
+
+
+def _merge_groups(spec: ScalableWorkflowSpec, previous: list[dict[str, Any]], *updates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    old = {g.get("name"): dict(g) for g in previous or []}
+    out = []
+    for group in spec.workerGroups:
+        entry = old.get(group.name, {"name": group.name})
+        entry["name"] = group.name
+        for update in updates:
+            entry.update(update.get(group.name) or {})
+        out.append(entry)
+    return out
+
+
+def _summary(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    first = groups[0] if groups else {}
+    rec = first.get("recommendation") or {}
+    confidence = rec.get("confidence")
+    return {
+        "cpu": rec.get("cpu"),
+        "memory": rec.get("memory"),
+        "confidence": f"{confidence:.2f}" if isinstance(confidence, (int, float)) else None,
+        "currentWorkers": sum(int(g.get("currentReplicas") or 0) for g in groups),
+        "desiredWorkers": sum(int(g.get("desiredReplicas") if g.get("desiredReplicas") is not None else g.get("currentReplicas") or 0) for g in groups),
+    }
+
+
+class WorkflowLoop:
+    """The daemon body for one ScalableWorkflow."""
+
+    def __init__(self, rt: Runtime, namespace: str, name: str) -> None:
+        self.rt = rt
+        self.namespace = namespace
+        self.name = name
+        self.scaler = None
+        self.scaler_key: tuple | None = None
+        self.sized_key: tuple | None = None
+        self.sized_at = 0.0
+        self.observed_at = 0.0
+        self.errors = 0
+
+    async def _prometheus(self, namespace: str, cluster: str, spec: ScalableWorkflowSpec, group: str | None) -> QueueMetrics:
+        client = self.rt.prometheus_for(spec)
+        if client is None:
+            return await no_prometheus(namespace, cluster, spec, group)
+        return await client.queue_metrics(spec.scaling.prometheus.queries, cluster, namespace, group or "default")
+
+    async def _scheduler(self, namespace: str, cluster: str) -> QueueMetrics:
+        client = self.rt.scheduler_for(namespace, cluster)
+        if client is None:
+            raise MetricsUnavailable("SchedulerUnavailable", "no scheduler URL template configured")
+        return await client.queue_metrics()
+
+    async def _record(self, namespace: str, workflow: str, decisions: list[Any]) -> None:
+        try:
+            await asyncio.to_thread(self.rt.recorder.decisions, namespace, workflow, decisions)
+        except OSError as exc:
+            log.warning("cannot record decisions of %s/%s: %s", namespace, workflow, exc)
+
+    async def run(self, stopped: Any) -> None:
+        """Iterate until ``stopped`` (kopf's daemon stopper, or an asyncio.Event in tests)."""
+        wake = self.rt.wakeup("ScalableWorkflow", self.namespace, self.name)
+        while not _is_set(stopped):
+            delay = await self.iterate()
+            if delay is None:
+                return
+            wake.clear()
+            try:
+                await asyncio.wait_for(_either(stopped, wake), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def iterate(self, now: float | None = None) -> float | None:
+        """One reconcile; returns seconds until the next, or None when the object is gone."""
+        rt = self.rt
+        started = time.monotonic()
+        now = time.time() if now is None else now
+        rt.metrics.reconciles.labels("ScalableWorkflow").inc()
+        try:
+            body = await rt.kube.get("ScalableWorkflow", self.namespace, self.name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return await self._reconcile(body, now, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad iteration must never end the loop
+            self.errors += 1
+            reason = type(exc).__name__
+            rt.metrics.reconcile_errors.labels("ScalableWorkflow", reason).inc()
+            log.exception("reconcile of ScalableWorkflow %s/%s failed", self.namespace, self.name)
+            try:
+                body = await rt.kube.get("ScalableWorkflow", self.namespace, self.name)
+                if body is None:
+                    return None
+                conditions = set_condition((body.get("status") or {}).get("conditions"), "Ready", False, "ReconcileError",
+                                           f"{reason}: {exc}"[:1000], now=now)
+                await rt.kube.patch_status("ScalableWorkflow", self.namespace, self.name, {"conditions": conditions})
+            except Exception:  # noqa: BLE001
+                pass
+            return min(300.0, 5.0 * 2 ** min(self.errors, 6))
+
+    async def _reconcile(self, body: dict[str, Any], now: float, started: float) -> float:
+        rt = self.rt
+        namespace, name = self.namespace, self.name
+        generation = int(body["metadata"].get("generation") or 0)
+        status = dict(body.get("status") or {})
+        try:
+            spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            conditions = set_condition(status.get("conditions"), "Ready", False, "InvalidSpec", str(exc)[:1000], generation=generation, now=now)
+            await rt.kube.patch_status("ScalableWorkflow", namespace, name, {"conditions": conditions, "observedGeneration": generation})
+            return 60.0
+        self.errors = 0
+        choice = await rt.advisors.for_workflow(namespace, spec)
+        updates: list[dict[str, Any]] = [choice.condition]
+        events: list[tuple[str, str, str]] = []
+
+        scaler_key = (generation, choice.version)
+        if self.scaler is None or scaler_key != self.scaler_key:
+            self.scaler = make_scaler(spec, choice.learned)
+            self.scaler_key = scaler_key
+
+        cluster, targets, problems = await resolve_targets(rt.kube, namespace, spec)
+        sizing_result = SizingResult()
+        sizing_key = (generation, choice.version)
+        if cluster is not None and (sizing_key != self.sized_key or now - self.sized_at >= rt.config.sizing_interval_s):
+            sizing_result = await size_groups(rt, body, spec, targets, choice.advisor, choice.version)
+            if not any(c["type"] == "Sized" and c["status"] is False and c["reason"] == "SizingIncomplete" and "retrying" in c["message"] for c in sizing_result.conditions):
+                self.sized_key, self.sized_at = sizing_key, now
+            updates += sizing_result.conditions
+            events += sizing_result.events
+
+        deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record)
+        poll = await poll_once(deps, body, self.scaler, now)
+        updates += poll.conditions
+        events += poll.events
+        for decision in poll.decisions:
+            group = next((g.name for g in spec.workerGroups if (g.tag or g.name) == decision.tag), decision.tag)
+            rt.metrics.decisions.labels(namespace, name, group, decision.action).inc()
+            rt.metrics.desired_workers.labels(namespace, name, group).set(decision.to_workers)
+
+        if cluster is None:
+            updates.append({"type": "Ready", "status": False, "reason": "ClusterNotFound", "message": problems[0]})
+        elif problems:
+            updates.append({"type": "Ready", "status": False, "reason": "WorkerGroupNotFound", "message": "; ".join(problems)})
+        else:
+            updates.append({"type": "Ready", "status": True, "reason": "Reconciled", "message": f"DaskCluster {spec.clusterRef.name!r} and its groups found"})
+
+        recommendations = {g: {"recommendation": r} for g, r in sizing_result.recommendations.items()}
+        groups = _merge_groups(spec, status.get("groups") or [], recommendations, poll.groups)
+        new_status = {
+            **_summary(groups),
+            "groups": groups,
+            "observedGeneration": generation,
+            "conditions": merge_conditions(status.get("conditions"), updates, generation=generation, now=now),
+        }
+        await rt.kube.patch_status("ScalableWorkflow", namespace, name, new_status)
+        for reason, type_, message in events:
+            await rt.kube.event(body, reason, message, type_)
+        if poll.metrics is not None and now - self.observed_at >= rt.config.observe_interval_s and cluster is not None:
+            self.observed_at = now
+            await self._observe_workers(spec, targets)
+        rt.metrics.poll_seconds.observe(time.monotonic() - started)
+        return float(spec.scaling.pollIntervalSeconds)
+
+    async def _observe_workers(self, spec: ScalableWorkflowSpec, targets: list[GroupTarget]) -> None:
+        """Worker memory per worker from Prometheus into telemetry; failures only logged."""
+        client = self.rt.prometheus_for(spec)
+        if client is None:
+            return
+        for target in targets:
+            query = render_queries(spec.scaling.prometheus.queries, spec.clusterRef.name, self.namespace, target.group.name)["workerMemory"]
+            try:
+                memory = await client.query_series(query, "workerMemory")
+            except MetricsUnavailable as exc:
+                log.info("worker memory of %s/%s not recorded: %s", self.namespace, self.name, exc.message)
+                return
+            if memory:
+                tag = target.group.tag or target.group.name
+                await asyncio.to_thread(self.rt.recorder.worker_memory, self.namespace, self.name, tag, memory)
+
+
+async def cleanup_workflow(rt: Runtime, body: Mapping[str, Any]) -> list[str]:
+    """On deletion: leave the DaskCluster and its workers alone, remove the operator's marks.
+
+    The operator creates no Kubernetes objects for a workflow (Events expire by themselves);
+    what it leaves on others is the ``scalable.dev/sized`` annotation on the DaskCluster and
+    DaskWorkerGroups, which is removed. The resources it wrote stay: they are the cluster's
+    configuration now. Telemetry stays too (see :mod:`storage`). Returns what was cleaned.
+    """
+    namespace = body["metadata"]["namespace"]
+    key = _workflow_key(body)
+    cleaned = []
+    try:
+        spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError:
+        return cleaned
+    names = [("DaskCluster", spec.clusterRef.name), ("DaskWorkerGroup", f"{spec.clusterRef.name}-default")]
+    names += [("DaskWorkerGroup", g.name) for g in spec.workerGroups if g.name != "default"]
+    for kind, obj_name in names:
+        obj = await rt.kube.get(kind, namespace, obj_name)
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        note = annotations.get(sizing.ANNOTATION_SIZED)
+        if not note or f'"workflow": "{key}"' not in note:
+            continue
+        try:
+            await rt.kube.merge_patch(kind, namespace, obj_name, {"metadata": {"annotations": {sizing.ANNOTATION_SIZED: None}}})
+            cleaned.append(f"{kind}/{obj_name}")
+        except KubeError as exc:
+            log.warning("could not remove the sizing annotation from %s %s: %s", kind, obj_name, exc)
+    rt.recorder.forget(namespace, body["metadata"]["name"])
+    rt.metrics.forget_workflow(namespace, body["metadata"]["name"], [g.name for g in spec.workerGroups])
+    rt.wakeups.pop(("ScalableWorkflow", namespace, body["metadata"]["name"]), None)
+    return cleaned
+
+
+def _is_set(flag: Any) -> bool:
+    return bool(flag.is_set()) if hasattr(flag, "is_set") else bool(flag)
+
+
+async def _either(stopped: Any, wake: asyncio.Event) -> None:
+    """Return when the daemon is stopped or woken (a spec change)."""
+    async def wait_for(awaitable: Any) -> None:
+        await awaitable
+
+    waiters = [asyncio.ensure_future(wake.wait())]
+    if hasattr(stopped, "wait"):
+        # kopf's stopper returns an awaitable promise, an asyncio.Event a coroutine: both await
+        waiters.append(asyncio.ensure_future(wait_for(stopped.wait())))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
