@@ -1,0 +1,704 @@
+"""LearnedAdvisor: a model of peak memory, CPU and duration with calibrated, honest confidence.
+
+Three models per target family are cheap to keep apart and hard to get right together, so the
+design is deliberately plain:
+
+* a point model predicts log peak memory (and log cpus, log duration) from the task's input
+  features and its history statistics (see :mod:`scalable.advising.features`);
+* a spread model predicts how far off the point model tends to be for such a run, so noisy
+  tasks get wide intervals and steady ones narrow;
+* split-conformal calibration on the *latest* runs, held out by time, turns centre and spread
+  into an upper quantile that keeps its promise (see :mod:`scalable.advising.calibration`).
+
+Confidence is what the calibration measured for this task (or its tag, or overall), times how
+narrow its interval is, times how much history backs it. Below ``min_history`` runs of the
+task, or below ``confidence_threshold``, the advisor answers with the ResourceAdvisor and says
+why: a model that cannot show it is right for a task should not size its workers.
+
+``update(frame)`` refreshes the history statistics (the strongest features) from everything
+known now, without refitting the models: an online replay or the operator can call it after
+every batch of finished runs and refit only occasionally.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.base import BaseEstimator
+
+from scalable.advising.calibration import ConformalCalibrator
+from scalable.advising.features import FeatureEncoder, log_targets, pack_history, unpack_history
+from scalable.advising.recommendation import Recommendation
+from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor, _whole_cpus
+from scalable.units import format_memory, parse_memory
+
+__all__ = ["LearnedAdvisor", "MODEL_TYPES"]
+
+MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
+#: rows each model type is trained on at most; the slower ones are subsampled (recorded in
+#: the metadata) so that training 1M records stays within a minute on two cores
+DEFAULT_MAX_ROWS = {"gradient_boosting": 1_000_000, "random_forest": 150_000, "quantile_regression": 10_000}
+MIN_SPREAD = 0.02
+_LOG_TARGETS = ("memory", "cpus", "duration")
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"unknown model_type {model_type!r}: choose one of {', '.join(repr(m) for m in MODEL_TYPES)}"
+        )
+
+
+def _make_model(model_type: str, categorical: np.ndarray, random_state: int, role: str) -> Any:
+    """A fresh regressor of ``model_type``; ``role`` is "point" or "spread".
+
+    Categories reach every model as ordinal codes: the boosted trees' own categorical support
+    wraps prediction in a column transformer that costs milliseconds per call, more than the
+    whole latency budget of a single recommendation.
+    """
+    if model_type == "gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        return HistGradientBoostingRegressor(
+            max_iter=150 if role == "point" else 60,
+            learning_rate=0.1,
+            max_leaf_nodes=31,
+            min_samples_leaf=20,
+            l2_regularization=1.0,
+            categorical_features=None,
+            early_stopping=True,
+            n_iter_no_change=10,
+            random_state=random_state,
+        )
+    if model_type == "random_forest":
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(
+            n_estimators=60 if role == "point" else 30,
+            min_samples_leaf=5,
+            max_features=0.5,
+            n_jobs=2,
+            random_state=random_state,
+        )
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import QuantileRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(
+        SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+        StandardScaler(),
+        QuantileRegressor(quantile=0.5, alpha=1e-4, solver="highs"),
+    )
+
+
+class LearnedAdvisor(BaseEstimator):
+    """Learned resource recommendations with calibrated coverage.
+
+    Parameters
+    ----------
+    model_type:
+        "gradient_boosting" (default), "random_forest" or "quantile_regression".
+    coverage:
+        The promised share of future runs whose peak memory fits the recommendation.
+    min_history:
+        Runs of a task needed before the model answers for it (users are told 5).
+    confidence_threshold:
+        Below this confidence the ResourceAdvisor answers instead.
+    calibration_fraction:
+        The latest share of runs (by end time) held out for calibration.
+    min_group_calibration:
+        Calibration runs a task needs for a quantile of its own.
+    max_training_rows:
+        Cap on training rows (latest kept); default depends on the model type.
+    min_memory:
+        Floor on recommended memory (VPA: 250Mi).
+    fallback_params:
+        Parameters of the ResourceAdvisor used as fallback (its coverage follows ``coverage``).
+    """
+
+    def __init__(
+        self,
+        model_type: str = "gradient_boosting",
+        coverage: float = 0.95,
+        min_history: int = 5,
+        confidence_threshold: float = 0.2,
+        calibration_fraction: float = 0.2,
+        min_group_calibration: int = 100,
+        max_training_rows: int | None = None,
+        min_memory: str | int = "250Mi",
+        fallback_params: Mapping[str, Any] | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.model_type = model_type
+        self.coverage = coverage
+        self.min_history = min_history
+        self.confidence_threshold = confidence_threshold
+        self.calibration_fraction = calibration_fraction
+        self.min_group_calibration = min_group_calibration
+        self.max_training_rows = max_training_rows
+        self.min_memory = min_memory
+        self.fallback_params = fallback_params
+        self.random_state = random_state
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_history(
+        cls, runs_dir: Any = None, model_type: str = "gradient_boosting", coverage: float = 0.95, **params: Any
+    ) -> "LearnedAdvisor":
+        """Train on every task observation under ``runs_dir`` (default ``./.scalable/runs``)."""
+        _check_model_type(model_type)
+        from scalable.telemetry.loader import load_tasks
+
+        return cls(model_type=model_type, coverage=coverage, **params).fit(load_tasks(runs_dir).frame)
+
+    def _fallback_advisor(self) -> ResourceAdvisor:
+        params = {"min_memory": self.min_memory, **dict(self.fallback_params or {})}
+        params["coverage"] = self.coverage
+        return ResourceAdvisor(**params)
+
+    def fit(self, frame: pd.DataFrame, y: Any = None, progress: Any = None) -> "LearnedAdvisor":
+        """Train the models on the earlier runs and calibrate on the latest ones.
+
+        ``progress``, if given, is called with a short description of each stage.
+        """
+        _check_model_type(self.model_type)
+        if not 0.0 < float(self.coverage) < 1.0:
+            raise ValueError(f"coverage must be in (0, 1), not {self.coverage!r}")
+        if not 0.0 < float(self.calibration_fraction) < 1.0:
+            raise ValueError("calibration_fraction must be in (0, 1)")
+        started = time.perf_counter()
+        say = progress or (lambda message: None)
+        self.min_memory_bytes_ = parse_memory(self.min_memory)
+        frame = frame.sort_values("end_time", kind="stable").reset_index(drop=True)
+        say("resource advisor")
+        self.fallback_ = self._fallback_advisor().fit(frame)
+        say("features")
+        self.encoder_ = FeatureEncoder().fit(frame)
+        X = self.encoder_.transform_training(frame)
+        targets = log_targets(frame)
+        self.history_ = self.encoder_.history(frame)
+        self.feature_names_ = list(self.encoder_.feature_names_)
+
+        n = len(frame)
+        n_cal = int(round(n * self.calibration_fraction))
+        cal = np.arange(n - n_cal, n)
+        train = np.arange(0, n - n_cal)
+        cap = self.max_training_rows or DEFAULT_MAX_ROWS[self.model_type]
+        subsampled = len(train) > cap
+        if subsampled:
+            train = train[-cap:]
+
+        self.models_: dict[str, Any] = {}
+        self.residual_q_: dict[str, np.ndarray] = {}
+        mask = self.encoder_.categorical_mask_
+        for target in _LOG_TARGETS:
+            y_all = targets[target].to_numpy()
+            rows = train[np.isfinite(y_all[train])]
+            if len(rows) < 10:
+                continue
+            say(f"model: {target}")
+            model = _make_model(self.model_type, mask, self.random_state, "point")
+            _fit_quietly(model, X[rows], y_all[rows])
+            self.models_[target] = model
+            if target == "memory":
+                say("model: memory spread")
+                residual = np.abs(y_all[rows] - _predict(model, X[rows]))
+                spread = _make_model(self.model_type, mask, self.random_state, "spread")
+                _fit_quietly(spread, X[rows], residual)
+                self.models_["memory_spread"] = spread
+
+        say("calibration")
+        self.calibrator_: ConformalCalibrator | None = None
+        self.cpu_scores_ = np.zeros(0)
+        self.quality_: dict[str, Any] = {}
+        memory_cal = cal[np.isfinite(targets["memory"].to_numpy()[cal])] if "memory" in self.models_ else cal[:0]
+        if memory_cal.size >= 20:
+            centre, spread = self._memory_centre_spread(X[memory_cal])
+            y_cal = targets["memory"].to_numpy()[memory_cal]
+            scores = (y_cal - centre) / spread
+            tasks = frame["task"].astype(str).to_numpy(dtype=object)[memory_cal]
+            tags = _tags(frame)[memory_cal]
+            self.calibrator_ = ConformalCalibrator(scores, tasks, tags, min_group=self.min_group_calibration)
+            self.quality_["memory"] = _held_out_quality(
+                scores, tasks, tags, centre, spread, y_cal, self.coverage, self.min_group_calibration
+            )
+        if "cpus" in self.models_:
+            rows = cal[np.isfinite(targets["cpus"].to_numpy()[cal])]
+            if rows.size:
+                y = targets["cpus"].to_numpy()[rows]
+                predicted = _predict(self.models_["cpus"], X[rows])
+                self.cpu_scores_ = np.sort(y - predicted)
+                self.quality_["cpus"] = {"mae": float(np.mean(np.abs(np.exp(predicted) - np.exp(y)))), "n": int(rows.size)}
+        if "duration" in self.models_:
+            rows = cal[np.isfinite(targets["duration"].to_numpy()[cal])]
+            if rows.size:
+                y = targets["duration"].to_numpy()[rows]
+                predicted = _predict(self.models_["duration"], X[rows])
+                self.quality_["duration"] = {
+                    "mae_s": float(np.mean(np.abs(np.exp(predicted) - np.exp(y)))),
+                    "median_abs_log_error": float(np.median(np.abs(predicted - y))),
+                    "n": int(rows.size),
+                }
+        self.training_ = {
+            "n_records": int(n),
+            "n_train": int(len(train)),
+            "n_calibration": int(n_cal),
+            "subsampled": bool(subsampled),
+            "max_training_rows": int(cap),
+            "n_tasks": int(frame["task"].nunique()),
+            "end_time_range": [float(frame["end_time"].min()), float(frame["end_time"].max())] if n else None,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        self.model_version_: str | None = None
+        self._reset_caches()
+        say("done")
+        return self
+
+    def update(self, frame: pd.DataFrame) -> "LearnedAdvisor":
+        """Refresh history statistics and the fallback from ``frame``, everything known now,
+        without refitting the models or the calibration. Cheap; call it between refits."""
+        self._require_fitted()
+        frame = frame.sort_values("end_time", kind="stable").reset_index(drop=True)
+        self.history_ = self.encoder_.history(frame)
+        self.fallback_.update(frame)
+        self._reset_caches()
+        return self
+
+    def _reset_caches(self) -> None:
+        self._single_cache: dict[tuple, Recommendation] = {}
+        self._cpu_q_cache: dict[float, float] = {}
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "encoder_"):
+            raise RuntimeError("this LearnedAdvisor is not fitted yet: call fit(frame), from_history() or load()")
+
+    # --- prediction ------------------------------------------------------------------------
+
+    def _memory_centre_spread(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centre = _predict(self.models_["memory"], X)
+        spread = np.maximum(_predict(self.models_["memory_spread"], X), MIN_SPREAD)
+        return centre, spread
+
+    def _cpu_quantile(self, coverage: float) -> float:
+        q = self._cpu_q_cache.get(coverage)
+        if q is None:
+            scores = self.cpu_scores_
+            q = float(np.quantile(scores, coverage, method="higher")) if scores.size else 0.0
+            self._cpu_q_cache[coverage] = q
+        return q
+
+    @property
+    def ready(self) -> bool:
+        """Whether the model can answer at all (trained and calibrated); if not, every answer
+        comes from the ResourceAdvisor."""
+        return hasattr(self, "encoder_") and self.calibrator_ is not None and "memory" in self.models_
+
+    def recommend(
+        self,
+        task: str,
+        input_features: Mapping[str, Any] | None = None,
+        target: str | None = None,
+        coverage: float | None = None,
+        tag: str | None = None,
+    ) -> Recommendation:
+        """Resources for the next run of ``task`` with these inputs.
+
+        An answer for the same question is cached until the next ``fit``/``update``.
+        """
+        self._require_fitted()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
+        coverage = self._coverage(coverage)
+        features = dict(input_features or {})
+        try:
+            key = (task, tuple(sorted(features.items())), target, coverage, tag)
+            cached = self._single_cache.get(key)
+        except TypeError:
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        rec = self._answer([task], [features], [tag], target, coverage, single=True)[0]
+        if key is not None:
+            if len(self._single_cache) > 10_000:
+                self._single_cache.clear()
+            self._single_cache[key] = rec
+        return rec
+
+    def recommend_batch(self, requests: Iterable[Mapping[str, Any] | str]) -> list[Recommendation]:
+        """Recommendations for many requests (``{"task": ..., "input_features": {...}}``), in
+        order, predicted in one vectorised pass; ``coverage``/``target`` may be given per
+        request, they default to the advisor's."""
+        self._require_fitted()
+        requests = [{"task": r} if isinstance(r, str) else r for r in requests]
+        if not requests:
+            return []
+        out: list[Recommendation | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.get("target"), self._coverage(r.get("coverage"))), []).append(i)
+        for (target, coverage), index in groups.items():
+            if target not in TARGETS:
+                raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
+            recs = self._answer(
+                [str(requests[i]["task"]) for i in index],
+                [requests[i].get("input_features") or {} for i in index],
+                [requests[i].get("tag") for i in index],
+                target,
+                coverage,
+                single=False,
+            )
+            for i, rec in zip(index, recs):
+                out[i] = rec
+        return out  # type: ignore[return-value]
+
+    def _coverage(self, coverage: float | None) -> float:
+        value = self.coverage if coverage is None else float(coverage)
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"coverage must be in (0, 1), not {coverage!r}")
+        return value
+
+    def _answer(
+        self,
+        tasks: Sequence[str],
+        features: Sequence[Mapping[str, Any]],
+        tags: Sequence[str | None],
+        target: str | None,
+        coverage: float,
+        single: bool,
+    ) -> list[Recommendation]:
+        encoder = self.encoder_
+        counts = self.history_["task"]
+        count_of = counts.index.get
+        table = counts.table
+        n_hist = np.fromiter(
+            ((table[j, 0] if (j := count_of(t)) is not None else 0.0) for t in tasks), dtype=float, count=len(tasks)
+        )
+        if not self.ready:
+            reason = getattr(self, "unavailable_reason_", None) or "the model is not trained"
+            return [self._fallback(t, target, coverage, reason, None) for t in tasks]
+        if single:
+            X = encoder.transform_one(tasks[0], features[0], tags[0], self.history_)
+        else:
+            frame = encoder.request_frame([{"task": t, "input_features": f, "tag": g} for t, f, g in zip(tasks, features, tags)])
+            X = encoder.transform_requests(frame, self.history_)
+        centre, spread = self._memory_centre_spread(X)
+        task_array = np.asarray(tasks, dtype=object)
+        tag_array = np.array(
+            [g if g is not None else encoder.task_tags_.get(t, "") for t, g in zip(tasks, tags)], dtype=object
+        )
+        calibrator = self.calibrator_
+        q = calibrator.thresholds(task_array, coverage)
+        lower_q = calibrator.levels(coverage).global_lower
+        upper_log = centre + q * spread
+        median = np.exp(centre)
+        upper = np.exp(np.minimum(upper_log, 700.0))
+        lower = np.exp(np.minimum(centre + lower_q * spread, 700.0))
+        floors = np.fromiter((self._oom_floor(t) for t in tasks), dtype=float, count=len(tasks))
+        memory = np.maximum(np.maximum(upper, self.min_memory_bytes_), floors)
+
+        cpus = np.exp(_predict(self.models_["cpus"], X) + self._cpu_quantile(coverage)) if "cpus" in self.models_ else None
+        duration = np.exp(_predict(self.models_["duration"], X)) if "duration" in self.models_ else None
+
+        miss = calibrator.miss_rates(task_array, tag_array, coverage)
+        alpha = 1.0 - coverage
+        history_factor = n_hist / (n_hist + max(self.min_history, 1))
+        width = upper / np.maximum(median, 1.0) - 1.0
+        width_factor = 1.0 / (1.0 + np.maximum(width, 0.0))
+        coverage_factor = np.minimum(1.0, alpha / np.maximum(miss, 1e-9))
+        confidence = np.clip(history_factor * width_factor * coverage_factor, 0.0, 1.0)
+        confidence = np.where(np.isfinite(confidence), confidence, 0.0)
+
+        version = self.model_version_
+        pct = _percent(coverage)
+        levels = calibrator.levels(coverage)
+        own_quantile, n_cal = levels.task_q, levels.n_task
+        cpu_list = cpus.tolist() if cpus is not None else [1.0] * len(tasks)
+        duration_list = duration.tolist() if duration is not None else [None] * len(tasks)
+        rows = zip(
+            tasks, n_hist.tolist(), np.round(confidence, 2).tolist(), memory.tolist(), upper.tolist(),
+            lower.tolist(), median.tolist(), miss.tolist(), width.tolist(), cpu_list, duration_list,
+        )
+        out = []
+        for i, (task, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur) in enumerate(rows):
+            if n < self.min_history:
+                reason = f"only {int(n)} runs of {task!r} known (fewer than min_history={self.min_history})"
+                out.append(self._fallback(task, target, coverage, reason, conf, dur))
+                continue
+            if not math.isfinite(mem) or conf < self.confidence_threshold:
+                reason = (
+                    f"model confidence {conf:.2f} below {self.confidence_threshold:g} "
+                    f"(interval x{1 + width_i:.2f} of the median, held-out miss rate {miss_i:.1%})"
+                )
+                out.append(self._fallback(task, target, coverage, reason, conf, dur))
+                continue
+            if target is None or target == "memory":
+                scope = "this task" if task in own_quantile else "all tasks"
+                basis = (
+                    f"{self.model_type} model: p{pct} upper bound calibrated on held-out runs of {scope}"
+                    f" ({n_cal.get(task, 0)} of this task), {int(n)} runs of history"
+                )
+                if mem > up:
+                    basis += "; raised to the minimum or an OOM floor"
+            elif target == "cpus":
+                basis = f"{self.model_type} model: p{pct} of cpu usage ({cpus_exact:.2f} cpus)"
+            else:
+                basis = f"{self.model_type} model: predicted duration {dur:.1f}s" if dur is not None else "no duration model"
+            memory_bytes = math.ceil(mem)
+            out.append(
+                Recommendation(
+                    cpus=_whole_cpus(cpus_exact),
+                    memory_bytes=memory_bytes,
+                    confidence=conf,
+                    method="learned",
+                    basis=basis,
+                    predicted_duration_s=None if dur is None else round(dur, 3),
+                    interval=(int(low), memory_bytes),
+                    coverage=coverage,
+                    model_version=version,
+                    task=task,
+                    cpus_exact=cpus_exact,
+                    details={
+                        "history": int(n),
+                        "predicted_median_memory_bytes": med,
+                        "heldout_miss_rate": miss_i,
+                        "interval_width": width_i,
+                    },
+                )
+            )
+        return out
+
+    def _oom_floor(self, task: str) -> float:
+        history = self.fallback_.tasks_.get(task)
+        return 0.0 if history is None else history.memory.oom_floor
+
+    def _fallback(
+        self,
+        task: str,
+        target: str | None,
+        coverage: float,
+        reason: str,
+        model_confidence: float | None,
+        duration: float | None = None,
+    ) -> Recommendation:
+        base = self.fallback_.recommend(task, target=target, coverage=coverage)
+        predicted = base.predicted_duration_s
+        if predicted is None and duration is not None:
+            predicted = round(duration, 3)
+        return Recommendation(
+            cpus=base.cpus,
+            memory_bytes=base.memory_bytes,
+            confidence=base.confidence,
+            method="percentile",
+            basis=f"{reason}; ResourceAdvisor: {base.basis}",
+            predicted_duration_s=predicted,
+            interval=base.interval,
+            coverage=coverage,
+            model_version=self.model_version_,
+            task=task,
+            cpus_exact=base.cpus_exact,
+            details={**base.details, "model_confidence": model_confidence, "fallback_method": base.method},
+            keys_shown=("cpus", "memory", "confidence", "method", "basis", "predicted_duration_s"),
+        )
+
+    # --- quality and persistence ------------------------------------------------------------
+
+    @property
+    def quality(self) -> dict[str, Any]:
+        """Measured held-out quality (coverage, under-provision rate, slack, MAE per target)."""
+        self._require_fitted()
+        return dict(self.quality_)
+
+    def metadata(self) -> dict[str, Any]:
+        self._require_fitted()
+        return {
+            "model_type": self.model_type,
+            "params": _jsonable(self.get_params()),
+            "feature_names": list(self.feature_names_),
+            "targets": sorted(t for t in self.models_ if t != "memory_spread"),
+            "quality": _jsonable(self.quality_),
+            "training": _jsonable(self.training_),
+        }
+
+    def save(self, path: str | Path, name: str = "default", training_digest: str | None = None) -> Path:
+        """Write a new version into the model store at ``path``; returns its directory."""
+        from scalable.advising.model_store import ModelStore
+
+        self._require_fitted()
+        store = ModelStore(path)
+        payload = {
+            "models": dict(self.models_),
+            "encoder": self.encoder_.to_state(),
+            "history": pack_history(self.history_),
+            "calibration": self.calibrator_.to_state() if self.calibrator_ is not None else None,
+            "cpu_scores": self.cpu_scores_,
+            "fallback": self.fallback_.to_state(),
+        }
+        version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
+        self.model_version_ = version_dir.name
+        self._reset_caches()
+        return version_dir
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        name: str = "default",
+        version: int | str | None = None,
+        *,
+        on_error: str = "raise",
+        history: pd.DataFrame | None = None,
+        runs_dir: Any = None,
+    ) -> "LearnedAdvisor":
+        """Load a stored model (the latest version unless ``version`` is given).
+
+        A missing, tampered or untrusted model raises :class:`ModelStoreError`; with
+        ``on_error="fallback"`` it gives instead an advisor that answers every request from
+        the ResourceAdvisor (fitted on ``history`` or ``runs_dir`` if given) and says why.
+        """
+        from scalable.advising.model_store import ModelStore, ModelStoreError
+
+        try:
+            payload, metadata, version_dir = ModelStore(path).load_model(name, version)
+            return cls._from_payload(payload, metadata, version_dir.name)
+        except ModelStoreError as exc:
+            if on_error != "fallback":
+                raise
+            return cls._unavailable(str(exc), history, runs_dir)
+
+    @classmethod
+    def _from_payload(cls, payload: Mapping[str, Any], metadata: Mapping[str, Any], version: str) -> "LearnedAdvisor":
+        advisor = cls(**metadata["params"])
+        advisor.min_memory_bytes_ = parse_memory(advisor.min_memory)
+        advisor.models_ = dict(payload["models"])
+        advisor.encoder_ = FeatureEncoder.from_state(payload["encoder"])
+        advisor.history_ = unpack_history(payload["history"])
+        advisor.feature_names_ = list(metadata["feature_names"])
+        calibration = payload.get("calibration")
+        advisor.calibrator_ = ConformalCalibrator.from_state(calibration) if calibration is not None else None
+        advisor.cpu_scores_ = np.asarray(payload["cpu_scores"], dtype=float)
+        advisor.fallback_ = ResourceAdvisor.from_state(payload["fallback"])
+        advisor.quality_ = dict(metadata.get("quality") or {})
+        advisor.training_ = dict(metadata.get("training") or {})
+        advisor.model_version_ = version
+        advisor._reset_caches()
+        return advisor
+
+    @classmethod
+    def _unavailable(cls, reason: str, history: pd.DataFrame | None, runs_dir: Any) -> "LearnedAdvisor":
+        advisor = cls()
+        if history is None and runs_dir is not None:
+            from scalable.telemetry.loader import load_tasks
+
+            history = load_tasks(runs_dir).frame
+        empty = history is None
+        frame = history if history is not None else pd.DataFrame(
+            {c: pd.Series(dtype=float) for c in ("task", "state", "peak_memory_bytes", "cpu_seconds", "duration_s", "end_time")}
+        )
+        advisor.min_memory_bytes_ = parse_memory(advisor.min_memory)
+        advisor.fallback_ = advisor._fallback_advisor().fit(frame)
+        advisor.encoder_ = FeatureEncoder().fit(frame.assign(task=frame["task"].astype(str)) if not empty else frame)
+        advisor.history_ = advisor.encoder_.history(frame) if not empty else {}
+        advisor.models_ = {}
+        advisor.calibrator_ = None
+        advisor.cpu_scores_ = np.zeros(0)
+        advisor.quality_ = {}
+        advisor.training_ = {}
+        advisor.feature_names_ = []
+        advisor.model_version_ = None
+        advisor.unavailable_reason_ = reason
+        advisor._reset_caches()
+        return advisor
+
+
+#: below this many rows OpenMP's thread start-up and, on a shared machine, its spin-waiting
+#: cost more than a second core gains
+_PARALLEL_ROWS = 50_000
+
+
+def _threads(n_rows: int, n_jobs: int | None) -> int | None:
+    if n_jobs is not None:
+        return n_jobs
+    return 1 if n_rows < _PARALLEL_ROWS else None
+
+
+def _fit_quietly(model: Any, X: np.ndarray, y: np.ndarray, n_jobs: int | None = None) -> None:
+    import warnings
+
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(_threads(len(X), n_jobs), user_api="openmp"):
+        warnings.simplefilter("ignore", category=UserWarning)
+        model.fit(X, y)
+
+
+def _predict(model: Any, X: np.ndarray, n_jobs: int | None = None) -> np.ndarray:
+    """``model.predict``; a single row of a boosted model skips the thread pool and the
+    re-validation of a matrix this module built itself, which is most of a 1-row call."""
+    if len(X) == 1 and hasattr(model, "_raw_predict") and getattr(model, "_loss", None) is not None:
+        return model._loss.link.inverse(model._raw_predict(X, n_threads=1).ravel())
+    if len(X) < _PARALLEL_ROWS and n_jobs is None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="openmp"):
+            return model.predict(X)
+    return model.predict(X)
+
+
+def _tags(frame: pd.DataFrame) -> np.ndarray:
+    if "tag" not in frame.columns:
+        return np.full(len(frame), "", dtype=object)
+    return frame["tag"].astype(object).where(frame["tag"].notna(), "").astype(str).to_numpy(dtype=object)
+
+
+def _held_out_quality(
+    scores: np.ndarray,
+    tasks: np.ndarray,
+    tags: np.ndarray,
+    centre: np.ndarray,
+    spread: np.ndarray,
+    y_log: np.ndarray,
+    coverage: float,
+    min_group: int,
+) -> dict[str, Any]:
+    """Honest quality: calibrate on the earlier half of the held-out runs, measure on the later."""
+    n = scores.size
+    half = n // 2
+    early = ConformalCalibrator(scores[:half], tasks[:half], tags[:half], min_group=min_group)
+    q = early.thresholds(tasks[half:], coverage)
+    rec = np.exp(centre[half:] + q * spread[half:])
+    used = np.exp(y_log[half:])
+    fits = rec >= used
+    return {
+        "coverage_promised": coverage,
+        "coverage_measured": float(fits.mean()) if fits.size else None,
+        "under_provision_rate": float(1 - fits.mean()) if fits.size else None,
+        "slack": float(np.sum(rec[fits] - used[fits]) / np.sum(rec[fits])) if fits.any() else None,
+        "mae_bytes": float(np.mean(np.abs(np.exp(centre[half:]) - used))) if fits.size else None,
+        "n_calibration": int(n),
+        "n_measured": int(n - half),
+    }
+
+
+def _percent(q: float) -> str:
+    value = q * 100
+    return f"{value:.0f}" if math.isclose(value, round(value)) else f"{value:g}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
