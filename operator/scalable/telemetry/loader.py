@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,14 +69,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
-_CACHE_FORMAT = 1
-_CACHE_FILE = f"tasks-v{_CACHE_FORMAT}.parquet"
-_CACHE_META_KEY = b"scalable.task_cache"
+_CACHE_FORMAT = 2
+_CACHE_SUBDIR = f"tasks-v{_CACHE_FORMAT}"
+_MANIFEST = "manifest.json"
+#: compact into one segment when there are more, or when dead rows outnumber this share of live ones
+_MAX_SEGMENTS = 8
+_MAX_DEAD_SHARE = 0.25
+_ORPHAN_AGE_S = 3600.0
 _TASKS_FILE = RECORD_FILES["task"]
 _BATCH_BYTES = 32 << 20
 _FEATURE_PREFIX = "feature."
 _STR_SUFFIX = "#str"
-_RUN_COL = "_run"
 
 #: reasons a line or file is skipped, with the words used to report them
 SKIP_REASONS: dict[str, str] = {
@@ -134,8 +138,7 @@ _RAW_SCHEMA = pa.schema(
 )
 _RAW_NAMES = set(_RAW_SCHEMA.names) | {"input_features"}
 _CACHE_SCHEMA = pa.schema(
-    [(_RUN_COL, pa.string())]
-    + [(c, pa.string() if c in _STRING_COLUMNS else pa.float64()) for c in TASK_COLUMNS if c != "end_time"]
+    [(c, pa.string() if c in _STRING_COLUMNS else pa.float64()) for c in TASK_COLUMNS if c != "end_time"]
 )
 
 
@@ -217,7 +220,8 @@ class TaskTable:
 @dataclass
 class _RunFile:
     run: str
-    path: Path
+    path: str
+    name: str
     key: list[int] | None
     data: bytes | None = None
 
@@ -236,8 +240,9 @@ def _scan(root: Path, filename: str, report: SkipReport) -> list[_RunFile]:
         report.add("unreadable_file", f"{root}: {exc.strerror}")
         return []
     files = []
+    base = os.fspath(root)
     for name in entries:
-        path = root / name / filename
+        path = os.path.join(base, name, filename)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -249,7 +254,7 @@ def _scan(root: Path, filename: str, report: SkipReport) -> list[_RunFile]:
         except OSError as exc:
             report.add("unreadable_file", f"{name}/{filename}: {exc.strerror}")
             continue
-        files.append(_RunFile(name, path, _file_key(st)))
+        files.append(_RunFile(name, path, filename, _file_key(st)))
     return files
 
 
@@ -261,7 +266,7 @@ def _read(run_file: _RunFile, report: SkipReport) -> bytes | None:
             data = fh.read()
             after = os.fstat(fh.fileno())
     except OSError as exc:
-        report.add("unreadable_file", f"{run_file.run}/{run_file.path.name}: {exc.strerror or exc}")
+        report.add("unreadable_file", f"{run_file.run}/{run_file.name}: {exc.strerror or exc}")
         run_file.key = None
         return None
     if not (before.st_size == after.st_size == len(data) and before.st_mtime_ns == after.st_mtime_ns):
@@ -294,7 +299,6 @@ class _Columns:
 
     def add(self, run: str, rec: TaskObservation) -> None:
         c = self.cols
-        c[_RUN_COL].append(run)
         c["run_id"].append(rec.run_id)
         c["task"].append(rec.task)
         c["tag"].append(rec.tag)
@@ -342,7 +346,7 @@ class _Columns:
 
 def _parse_slow(run_file: _RunFile, data: bytes, out: _Columns, report: SkipReport) -> None:
     """Line by line with full pydantic validation; every bad line is counted by reason."""
-    where = f"{run_file.run}/{run_file.path.name}"
+    where = f"{run_file.run}/{run_file.name}"
     lines = data.split(b"\n")
     ends_clean = data.endswith(b"\n")
     last = len(lines) - 1
@@ -383,10 +387,11 @@ def _all(mask: pa.ChunkedArray | pa.Array) -> bool:
     return bool(pc.all(mask.fill_null(False)).as_py() is not False) if len(mask) else True
 
 
-def _parse_fast(data: bytes, runs: list[str], counts: list[int]) -> pa.Table | None:
+def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
     """pyarrow.json over many files at once; None unless every record passes every check.
 
-    ``runs`` and ``counts`` say which run each line belongs to (blank lines must be absent).
+    ``lines`` is how many records ``data`` holds (it must have no blank lines): a mismatch
+    means pyarrow saw the lines differently, and the exact parser takes over.
     """
     try:
         raw = pj.read_json(
@@ -397,7 +402,7 @@ def _parse_fast(data: bytes, runs: list[str], counts: list[int]) -> pa.Table | N
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
         return None
     n = raw.num_rows
-    if n != sum(counts) or not set(raw.column_names) <= _RAW_NAMES:
+    if n != lines or not set(raw.column_names) <= _RAW_NAMES:
         return None
     for name in ("worker_resources", "requested"):
         if raw.schema.field(name).type != _RESOURCES:
@@ -431,10 +436,8 @@ def _parse_fast(data: bytes, runs: list[str], counts: list[int]) -> pa.Table | N
     if not _all(pc.is_in(state, value_set=pa.array(_STATES))):
         return None
 
-    run_index = np.repeat(np.arange(len(runs), dtype=np.int32), counts)
-    run_col = pa.DictionaryArray.from_arrays(pa.array(run_index), pa.array(runs, pa.string())).cast(pa.string())
-    arrays: list[Any] = [run_col]
-    names = [_RUN_COL]
+    arrays: list[Any] = []
+    names: list[str] = []
 
     def as_float(values: Any) -> Any:
         return pc.cast(values, pa.float64())
@@ -445,7 +448,7 @@ def _parse_fast(data: bytes, runs: list[str], counts: list[int]) -> pa.Table | N
         "requested_cpus": ("requested", "cpus"),
         "requested_memory_bytes": ("requested", "memory_bytes"),
     }
-    for name in _CACHE_SCHEMA.names[1:]:
+    for name in _CACHE_SCHEMA.names:
         if name in resources:
             parent, child = resources[name]
             values = as_float(pc.struct_field(col(parent), child))
@@ -487,7 +490,7 @@ def _parse_runs(
     def exact(run_file: _RunFile, data: bytes) -> None:
         lines = data.count(b"\n")
         if data.endswith(b"\n") and b"\n\n" not in data and not data.startswith(b"\n"):
-            table = _parse_fast(data, [run_file.run], [lines])
+            table = _parse_fast(data, lines)
             if table is not None:
                 found[run_file.run] = (table, 0, table.num_rows)
                 return
@@ -503,7 +506,7 @@ def _parse_runs(
             exact(batch[0][0], batch[0][1])
         elif batch:
             counts = [c for _, _, c in batch]
-            table = _parse_fast(b"".join(d for _, d, _ in batch), [f.run for f, _, _ in batch], counts)
+            table = _parse_fast(b"".join(d for _, d, _ in batch), sum(counts))
             if table is not None:
                 offset = 0
                 for (run_file, _, _), count in zip(batch, counts):
@@ -535,45 +538,109 @@ def _parse_runs(
 
 
 # --------------------------------------------------------------------------- the cache
+#
+# <runs_dir>/.cache/tasks-v2/manifest.json lists Parquet segments and, per run, the file key it
+# was parsed from, where its rows are (segment, offset, rows) and what was skipped. Segments
+# are written once and never changed; the manifest is replaced atomically after them. A load
+# that re-parses a few runs writes only those rows as a new small segment; when segments pile
+# up or hold many dead rows, the live rows are compacted into one.
 
 
-def _cache_path(root: Path) -> Path:
-    return root / CACHE_DIR / _CACHE_FILE
+@dataclass
+class _Cache:
+    directory: Path
+    runs: dict[str, dict[str, Any]]
+    segments: dict[str, pa.Table]
+    sizes: dict[str, int]
 
 
-def _read_cache(root: Path) -> tuple[pa.Table, dict[str, Any]] | None:
-    path = _cache_path(root)
-    try:
-        table = pq.read_table(path)
-        meta = json.loads(table.schema.metadata[_CACHE_META_KEY])
-        if meta.get("format") != _CACHE_FORMAT or meta.get("schema_version") != SCHEMA_VERSION:
-            return None
-        runs = meta["runs"]
-        if sum(r["rows"] for r in runs.values()) != table.num_rows:
-            return None
-        return table.replace_schema_metadata(None), runs
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a damaged cache is rebuilt, whatever the damage
-        log.debug("ignoring unreadable telemetry cache %s: %s", path, exc)
-        return None
+def _cache_dir(root: Path) -> Path:
+    return root / CACHE_DIR / _CACHE_SUBDIR
 
 
-def _write_cache(root: Path, table: pa.Table, runs: dict[str, Any]) -> None:
-    cache_dir = root / CACHE_DIR
-    tmp = cache_dir / f".{_CACHE_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        cache_dir.mkdir(exist_ok=True)
-        meta = {"format": _CACHE_FORMAT, "schema_version": SCHEMA_VERSION, "runs": runs}
-        table = table.replace_schema_metadata({_CACHE_META_KEY: json.dumps(meta, separators=(",", ":"))})
-        pq.write_table(table, tmp, compression="snappy", row_group_size=256 * 1024)
-        os.replace(tmp, _cache_path(root))
-    except OSError as exc:
-        log.debug("not caching telemetry in %s: %s", cache_dir, exc)
+def _read_cache(root: Path) -> _Cache | None:
+    directory = _cache_dir(root)
+    for _attempt in range(2):  # a concurrent compaction may remove a segment between reads
         try:
-            tmp.unlink(missing_ok=True)
+            manifest = json.loads((directory / _MANIFEST).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.debug("ignoring unreadable telemetry cache manifest in %s: %s", directory, exc)
+            return None
+        try:
+            if manifest.get("format") != _CACHE_FORMAT or manifest.get("schema_version") != SCHEMA_VERSION:
+                return None
+            segments = {name: pq.read_table(directory / name, pre_buffer=True) for name in manifest["segments"]}
+            runs = manifest["runs"]
+            for entry in runs.values():
+                if entry["rows"] and entry["offset"] + entry["rows"] > segments[entry["segment"]].num_rows:
+                    return None
+            return _Cache(directory, runs, segments, {n: t.num_rows for n, t in segments.items()})
+        except FileNotFoundError:
+            continue
+        except Exception as exc:  # a damaged cache is rebuilt, whatever the damage
+            log.debug("ignoring damaged telemetry cache in %s: %s", directory, exc)
+            return None
+    return None
+
+
+def _write_cache(root: Path, old: _Cache | None, runs: dict[str, Any], new_rows: pa.Table | None,
+                 compacted: pa.Table | None) -> None:
+    """Write the new segment (or the compacted one), then the manifest; drop what is unused."""
+    directory = _cache_dir(root)
+    written: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        segments = dict(old.sizes) if old is not None and compacted is None else {}
+        table = compacted if compacted is not None else new_rows
+        if table is not None and table.num_rows:
+            name = f"seg-{time.time_ns():x}-{secrets.token_hex(4)}.parquet"
+            tmp = directory / f".{name}.tmp"
+            written.append(tmp)
+            pq.write_table(table, tmp, compression="snappy", row_group_size=256 * 1024)
+            os.replace(tmp, directory / name)
+            written[-1] = directory / name
+            segments[name] = table.num_rows
+            for entry in runs.values():
+                if entry.get("segment") is None:
+                    entry["segment"] = name
+        live = {entry["segment"] for entry in runs.values() if entry["rows"]}
+        manifest = {
+            "format": _CACHE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "segments": [n for n in segments if n in live],
+            "runs": runs,
+        }
+        atomic_replace(directory / _MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
+    except OSError as exc:
+        log.debug("not caching telemetry in %s: %s", directory, exc)
+        for path in written:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        return
+    dead = set(old.sizes) - live if old is not None else set()
+    now = time.time()
+    for entry in os.scandir(directory):
+        if entry.name == _MANIFEST or entry.name in live:
+            continue
+        try:
+            if entry.name in dead or now - entry.stat().st_mtime > _ORPHAN_AGE_S:
+                os.unlink(entry.path)
         except OSError:
             pass
+
+
+def atomic_replace(path: Path, data: bytes) -> None:
+    """Replace a cache file atomically; no fsync, since a lost cache is only rebuilt."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _concat(pieces: list[pa.Table]) -> pa.Table:
@@ -585,6 +652,22 @@ def _concat(pieces: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(pieces, promote_options="default")
 
 
+def _assemble(files: list[_RunFile], where: dict[str, tuple[pa.Table, int, int]]) -> pa.Table:
+    """The rows of ``files`` in their order, as few slices as possible."""
+    segments: list[list[Any]] = []
+    for run_file in files:
+        found = where.get(run_file.run)
+        if found is None or not found[2]:
+            continue
+        source, start, count = found
+        last = segments[-1] if segments else None
+        if last is not None and last[0] is source and last[1] + last[2] == start:
+            last[2] += count
+        else:
+            segments.append([source, start, count])
+    return _concat([source.slice(start, count) for source, start, count in segments])
+
+
 def _build(root: Path, use_cache: bool, report: SkipReport) -> tuple[pa.Table, int]:
     """The normalised task rows of every run, in run order, from the cache where it is valid.
 
@@ -592,49 +675,33 @@ def _build(root: Path, use_cache: bool, report: SkipReport) -> tuple[pa.Table, i
     and is read again next time.
     """
     files = _scan(root, _TASKS_FILE, report)
-    cached = _read_cache(root) if use_cache else None
-    cached_table, cached_runs = cached if cached is not None else (None, {})
+    cache = _read_cache(root) if use_cache else None
+    cached_runs = cache.runs if cache is not None else {}
 
     fresh = [f for f in files if cached_runs.get(f.run, {}).get("key") != f.key]
     fresh_names = {f.run for f in fresh}
-    if cached_table is not None and not fresh and list(cached_runs) == [f.run for f in files]:
-        for run_file in files:
-            report.merge(cached_runs[run_file.run].get("skipped", {}))
-        return cached_table, len(files)
-
-    per_run: dict[str, SkipReport] = {}
-    found = _parse_runs(fresh, report, per_run)
-    offsets: dict[str, tuple[pa.Table, int, int]] = {}
-    if cached_table is not None:
-        offset = 0
+    where: dict[str, tuple[pa.Table, int, int]] = {}
+    if cache is not None:
         for run, entry in cached_runs.items():
-            offsets[run] = (cached_table, offset, entry["rows"])
-            offset += entry["rows"]
+            if entry["rows"] and run not in fresh_names:
+                where[run] = (cache.segments[entry["segment"]], entry["offset"], entry["rows"])
+    per_run: dict[str, SkipReport] = {}
+    found = _parse_runs(fresh, report, per_run) if fresh else {}
+    where.update(found)
+    table = _assemble(files, where)
 
-    def assemble(runs: list[_RunFile]) -> pa.Table:
-        segments: list[list[Any]] = []
-        for run_file in runs:
-            where = found.get(run_file.run) if run_file.run in fresh_names else offsets.get(run_file.run)
-            if where is None or not where[2]:
-                continue
-            source, start, count = where
-            last = segments[-1] if segments else None
-            if last is not None and last[0] is source and last[1] + last[2] == start:
-                last[2] += count
-            else:
-                segments.append([source, start, count])
-        return _concat([source.slice(start, count) for source, start, count in segments])
-
-    table = assemble(files)
     runs_meta: dict[str, Any] = {}
+    new_offset = 0
     for run_file in files:
         if run_file.run in fresh_names:
             skipped = per_run.get(run_file.run, SkipReport())
             report.merge(skipped)
             if run_file.key is None:
                 continue
-            where = found.get(run_file.run)
-            runs_meta[run_file.run] = {"key": run_file.key, "rows": where[2] if where else 0, "skipped": skipped.as_dict()}
+            rows = found[run_file.run][2] if run_file.run in found else 0
+            runs_meta[run_file.run] = {"key": run_file.key, "rows": rows, "segment": None,
+                                       "offset": new_offset, "skipped": skipped.as_dict()}
+            new_offset += rows
         else:
             entry = cached_runs[run_file.run]
             report.merge(entry.get("skipped", {}))
@@ -642,13 +709,25 @@ def _build(root: Path, use_cache: bool, report: SkipReport) -> tuple[pa.Table, i
 
     if use_cache and runs_meta != cached_runs:
         cacheable = [f for f in files if f.run in runs_meta]
-        _write_cache(root, table if len(cacheable) == len(files) else assemble(cacheable), runs_meta)
+        live_rows = sum(e["rows"] for e in runs_meta.values())
+        stored_rows = sum(cache.sizes.values()) if cache is not None else 0
+        new_files = [f for f in cacheable if runs_meta[f.run]["segment"] is None]
+        segments_after = len(cache.sizes) + 1 if cache is not None else 1
+        if cache is None or segments_after > _MAX_SEGMENTS or stored_rows + new_offset - live_rows > _MAX_DEAD_SHARE * max(live_rows, 1):
+            compacted = table if len(cacheable) == len(files) else _assemble(cacheable, where)
+            offset = 0
+            for run_file in cacheable:
+                entry = runs_meta[run_file.run] = {**runs_meta[run_file.run], "segment": None, "offset": offset}
+                offset += entry["rows"]
+            _write_cache(root, cache, runs_meta, None, compacted)
+        else:
+            _write_cache(root, cache, runs_meta, _assemble(new_files, found) if new_offset else None, None)
     return table, len(files)
 
 
 def _to_frame(table: pa.Table) -> tuple[pd.DataFrame, list[str]]:
     names = set(table.column_names)
-    base = {name: table.column(name) for name in _CACHE_SCHEMA.names[1:]}
+    base = {name: table.column(name) for name in _CACHE_SCHEMA.names}
     frame = pa.table(base).to_pandas(split_blocks=True, self_destruct=False)
     finished = frame["finished_at"].to_numpy()
     start = frame["started_at"].to_numpy()
@@ -703,7 +782,7 @@ def _iter_records(root: Path, kind: str, model: type[BaseModel], report: SkipRep
         data = _read(run_file, report)
         if data is None:
             continue
-        where = f"{run_file.run}/{run_file.path.name}"
+        where = f"{run_file.run}/{run_file.name}"
         lines = data.split(b"\n")
         for number, raw in enumerate(lines):
             if not raw.strip():

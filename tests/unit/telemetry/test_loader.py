@@ -251,14 +251,33 @@ def test_rewritten_file_of_the_same_size_is_noticed(store):
     assert set(_load(store.root)[0].frame["task"]) == {"run_simulatioX"}
 
 
-def test_damaged_cache_is_rebuilt(store):
+@pytest.mark.parametrize("damage", ["segment", "manifest", "missing segment"])
+def test_damaged_cache_is_rebuilt(store, damage):
     write_run(store, 3)
     _load(store.root)
-    cache = next((store.root / ".cache").glob("*.parquet"))
-    cache.write_bytes(b"PAR1 not really")
+    segment = next((store.root / ".cache").rglob("*.parquet"))
+    if damage == "segment":
+        segment.write_bytes(b"PAR1 not really")
+    elif damage == "manifest":
+        (segment.parent / "manifest.json").write_text('{"format": 2, "runs": ')
+    else:
+        segment.unlink()
     table, caught = _load(store.root)
     assert len(table) == 3 and caught == []
     assert len(_load(store.root)[0]) == 3
+
+
+def test_many_small_changes_stay_correct_and_compact(store, monkeypatch):
+    runs = [write_run(store, 3) for _ in range(3)]
+    _load(store.root)
+    for i in range(12):
+        with store.open_run(run_id=runs[i % 3]) as writer:
+            writer.append(make_task(writer.run_id, 100 + i))
+        table = _load(store.root)[0]
+        assert len(table) == 9 + i + 1
+    segments = list((store.root / ".cache").rglob("*.parquet"))
+    assert 1 <= len(segments) <= loader._MAX_SEGMENTS
+    pd.testing.assert_frame_equal(_load(store.root)[0].frame, _load(store.root, cache=False)[0].frame)
 
 
 def test_unwritable_cache_means_no_cache(store):
