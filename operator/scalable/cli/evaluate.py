@@ -164,12 +164,11 @@ def evaluate(
         def progress(done: int, total: int, message: str) -> None:
             bar.update(task_id, completed=done, total=total, description=message)
 
-        try:
-            result, summary = run_evaluation(frame, model_type=model_type, coverage=coverage,
-                                             score_fraction=score_fraction, block_size=block_size,
-                                             refit_every=refit_every, progress=progress)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
+        # Inputs were checked above; an exception from here on is a failure of the system, not
+        # a user mistake, and must not be disguised as one (it exits 1 with its traceback).
+        result, summary = run_evaluation(frame, model_type=model_type, coverage=coverage,
+                                         score_fraction=score_fraction, block_size=block_size,
+                                         refit_every=refit_every, progress=progress)
     if summary["n_scored"] == 0:
         raise fail(f"no job in the later part of {runs_dir} could be scored: history is too short")
     plot_path = _plot(result, summary, plot)

@@ -211,3 +211,34 @@ def test_requests_carry_features_and_drop_missing():
         {"task": "a", "input_features": {"n": 1.0, "kind": "x"}},
         {"task": "b", "input_features": {}},
     ]
+
+
+class Accumulating(MaxSeen):
+    """Learns only through ``extend`` between fits: it must see each finished job exactly once."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows_seen = 0
+
+    def fit(self, frame):
+        self.rows_seen = len(frame)
+        return super().fit(frame)
+
+    def extend(self, frame):
+        self.rows_seen += len(frame)
+        for task, peak in frame.groupby("task")["peak_memory_bytes"].max().items():
+            self.seen[task] = max(self.seen.get(task, 0), peak)
+
+
+def test_extend_gets_exactly_the_newly_finished_jobs():
+    rng = np.random.default_rng(3)
+    rows = [(f"t{i % 3}", float(i), float(i) + rng.uniform(0.5, 30), float(rng.integers(1, 100)))
+            for i in range(300)]
+    frame = _jobs(rows)
+    acc = Accumulating()
+    by_extend = replay(frame, AdvisorPredictor("toy", lambda: acc), block_size=7, refit_every=10**6)
+    by_update = replay(frame, AdvisorPredictor("toy", MaxSeen), block_size=7, refit_every=10**6)
+    assert (by_extend.scored["toy"] == by_update.scored["toy"]).all()
+    last_block_start = (len(by_extend.scored) - 1) // 7 * 7
+    last_cutoff = by_extend.scored["submitted_at"].iloc[last_block_start]
+    assert acc.rows_seen == int((frame["end_time"] < last_cutoff).sum())
