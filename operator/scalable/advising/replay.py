@@ -220,15 +220,19 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def requests_from(jobs: pd.DataFrame) -> list[dict[str, Any]]:
-    """``recommend_batch`` requests for the rows of a task frame (missing features left out)."""
+    """``recommend_batch`` requests for the rows of a task frame (missing features left out).
+
+    The tag (worker group, or the submitting user in imported traces) is part of the request
+    when known: it is known when a job is submitted, and an advisor may use its history.
+    """
     cols = feature_columns(jobs)
     names = [c[len(FEATURE_PREFIX):] for c in cols]
     tasks = jobs["task"].astype(str).tolist()
-    if not cols:
-        return [{"task": t, "input_features": {}} for t in tasks]
-    values = jobs[cols].astype(object).to_numpy()
+    tags = (jobs["tag"].astype(object).where(jobs["tag"].notna(), None).tolist()
+            if "tag" in jobs.columns else [None] * len(tasks))
+    values = jobs[cols].astype(object).to_numpy() if cols else [()] * len(tasks)
     out = []
-    for task, row in zip(tasks, values):
+    for task, tag, row in zip(tasks, tags, values):
         feats = {}
         for name, value in zip(names, row):
             if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
@@ -236,7 +240,10 @@ def requests_from(jobs: pd.DataFrame) -> list[dict[str, Any]]:
             if isinstance(value, np.generic):
                 value = value.item()
             feats[name] = value
-        out.append({"task": task, "input_features": feats})
+        request: dict[str, Any] = {"task": task, "input_features": feats}
+        if tag is not None:
+            request["tag"] = str(tag)
+        out.append(request)
     return out
 
 

@@ -206,9 +206,10 @@ def test_last_jobs_mean_waits_for_the_job_to_finish():
 
 
 def test_requests_carry_features_and_drop_missing():
-    frame = pd.DataFrame({"task": ["a", "b"], "feature.n": [1.0, np.nan], "feature.kind": ["x", None]})
+    frame = pd.DataFrame({"task": ["a", "b"], "tag": ["u1", None], "feature.n": [1.0, np.nan],
+                          "feature.kind": ["x", None]})
     assert requests_from(frame) == [
-        {"task": "a", "input_features": {"n": 1.0, "kind": "x"}},
+        {"task": "a", "input_features": {"n": 1.0, "kind": "x"}, "tag": "u1"},
         {"task": "b", "input_features": {}},
     ]
 
