@@ -24,7 +24,7 @@ FINALIZER = "scalable.dev/cleanup"
 
 
 def build_registry() -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
+    registry = kopf.SmartOperatorRegistry()  # with kopf's login handlers (kubeconfig or ServiceAccount)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
