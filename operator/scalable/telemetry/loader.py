@@ -699,12 +699,14 @@ def _build(root: Path, use_cache: bool, report: SkipReport) -> tuple[pa.Table, i
             if run_file.key is None:
                 continue
             rows = found[run_file.run][2] if run_file.run in found else 0
-            runs_meta[run_file.run] = {"key": run_file.key, "rows": rows, "segment": None,
-                                       "offset": new_offset, "skipped": skipped.as_dict()}
+            runs_meta[run_file.run] = {"key": run_file.key, "rows": rows, "segment": None, "offset": new_offset}
+            if skipped:
+                runs_meta[run_file.run]["skipped"] = skipped.as_dict()
             new_offset += rows
         else:
             entry = cached_runs[run_file.run]
-            report.merge(entry.get("skipped", {}))
+            if "skipped" in entry:
+                report.merge(entry["skipped"])
             runs_meta[run_file.run] = entry
 
     if use_cache and runs_meta != cached_runs:
@@ -744,6 +746,9 @@ def _to_frame(table: pa.Table) -> tuple[pd.DataFrame, list[str]]:
         txt = table.column(txt_name) if txt_name in names else None
         if txt is None or txt.null_count == len(txt):
             columns[num_name] = num.to_numpy() if num is not None else np.full(len(frame), np.nan)
+            continue
+        if num is None or num.null_count == len(num):
+            columns[num_name] = txt.to_pandas()
             continue
         text = pd.Series(txt.to_pandas(), dtype=object)
         if num is not None:
