@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -196,9 +197,11 @@ class LearnedAdvisor(BaseEstimator):
         if subsampled:
             train = train[-cap:]
 
+        self.active_features_ = _varying_columns(X[train])
+        self.feature_names_ = [self.encoder_.feature_names_[i] for i in self.active_features_]
+        X = X[:, self.active_features_]
         self.models_: dict[str, Any] = {}
-        self.residual_q_: dict[str, np.ndarray] = {}
-        mask = self.encoder_.categorical_mask_
+        mask = self.encoder_.categorical_mask_[self.active_features_]
         for target in _LOG_TARGETS:
             y_all = targets[target].to_numpy()
             rows = train[np.isfinite(y_all[train])]
@@ -258,6 +261,9 @@ class LearnedAdvisor(BaseEstimator):
             "seconds": round(time.perf_counter() - started, 3),
         }
         self.model_version_: str | None = None
+        from scalable.advising.model_store import frame_digest
+
+        self.training_digest_ = frame_digest(frame[["task", "end_time", "peak_memory_bytes", "duration_s"]])
         self._reset_caches()
         say("done")
         return self
@@ -389,6 +395,7 @@ class LearnedAdvisor(BaseEstimator):
         else:
             frame = encoder.request_frame([{"task": t, "input_features": f, "tag": g} for t, f, g in zip(tasks, features, tags)])
             X = encoder.transform_requests(frame, self.history_)
+        X = X[:, self.active_features_]
         centre, spread = self._memory_centre_spread(X)
         task_array = np.asarray(tasks, dtype=object)
         tag_array = np.array(
@@ -533,12 +540,15 @@ class LearnedAdvisor(BaseEstimator):
 
         self._require_fitted()
         store = ModelStore(path)
+        if training_digest is None and getattr(self, "training_digest_", None):
+            training_digest = self.training_digest_
         payload = {
             "models": dict(self.models_),
             "encoder": self.encoder_.to_state(),
             "history": pack_history(self.history_),
             "calibration": self.calibrator_.to_state() if self.calibrator_ is not None else None,
             "cpu_scores": self.cpu_scores_,
+            "active_features": self.active_features_,
             "fallback": self.fallback_.to_state(),
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
@@ -550,7 +560,7 @@ class LearnedAdvisor(BaseEstimator):
     def load(
         cls,
         path: str | Path,
-        name: str = "default",
+        name: str | None = None,
         version: int | str | None = None,
         *,
         on_error: str = "raise",
@@ -559,6 +569,9 @@ class LearnedAdvisor(BaseEstimator):
     ) -> "LearnedAdvisor":
         """Load a stored model (the latest version unless ``version`` is given).
 
+        ``path`` is a model store root (with ``name``, default "default"), a model's
+        directory (``<root>/<name>``) or one version's directory (``<root>/<name>/v3``).
+
         A missing, tampered or untrusted model raises :class:`ModelStoreError`; with
         ``on_error="fallback"`` it gives instead an advisor that answers every request from
         the ResourceAdvisor (fitted on ``history`` or ``runs_dir`` if given) and says why.
@@ -566,7 +579,11 @@ class LearnedAdvisor(BaseEstimator):
         from scalable.advising.model_store import ModelStore, ModelStoreError
 
         try:
-            payload, metadata, version_dir = ModelStore(path).load_model(name, version)
+            store = ModelStore(path)
+            if name is None:
+                store, name, found = store.resolve_root()
+                version = found if version is None else version
+            payload, metadata, version_dir = store.load_model(name, version)
             return cls._from_payload(payload, metadata, version_dir.name)
         except ModelStoreError as exc:
             if on_error != "fallback":
@@ -581,6 +598,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.encoder_ = FeatureEncoder.from_state(payload["encoder"])
         advisor.history_ = unpack_history(payload["history"])
         advisor.feature_names_ = list(metadata["feature_names"])
+        advisor.active_features_ = np.asarray(payload["active_features"], dtype=np.int64)
         calibration = payload.get("calibration")
         advisor.calibrator_ = ConformalCalibrator.from_state(calibration) if calibration is not None else None
         advisor.cpu_scores_ = np.asarray(payload["cpu_scores"], dtype=float)
@@ -612,6 +630,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.quality_ = {}
         advisor.training_ = {}
         advisor.feature_names_ = []
+        advisor.active_features_ = np.zeros(0, dtype=np.int64)
         advisor.model_version_ = None
         advisor.unavailable_reason_ = reason
         advisor._reset_caches()
@@ -630,8 +649,6 @@ def _threads(n_rows: int, n_jobs: int | None) -> int | None:
 
 
 def _fit_quietly(model: Any, X: np.ndarray, y: np.ndarray, n_jobs: int | None = None) -> None:
-    import warnings
-
     from threadpoolctl import threadpool_limits
 
     with warnings.catch_warnings(), threadpool_limits(_threads(len(X), n_jobs), user_api="openmp"):
@@ -650,6 +667,16 @@ def _predict(model: Any, X: np.ndarray, n_jobs: int | None = None) -> np.ndarray
         with threadpool_limits(1, user_api="openmp"):
             return model.predict(X)
     return model.predict(X)
+
+
+def _varying_columns(X: np.ndarray) -> np.ndarray:
+    """Indices of the columns with at least two distinct finite values in the training rows: a
+    constant column carries nothing, and the boosted trees' binning rejects one."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        low = np.nanmin(np.where(np.isfinite(X), X, np.nan), axis=0) if len(X) else np.zeros(X.shape[1])
+        high = np.nanmax(np.where(np.isfinite(X), X, np.nan), axis=0) if len(X) else np.zeros(X.shape[1])
+    return np.flatnonzero(high > low)
 
 
 def _tags(frame: pd.DataFrame) -> np.ndarray:

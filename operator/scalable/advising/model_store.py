@@ -1,0 +1,246 @@
+"""Versioned, tamper-evident storage of trained advisors.
+
+Layout: ``<root>/<name>/v<N>/`` holding ``model.skops`` and ``metadata.json``. A model file is
+code-adjacent data that the operator loads on a shared volume, so loading is fail-closed:
+
+* the file is skops, never pickle or joblib, and it is loaded with an explicit list of
+  trusted types: a file naming any other type is refused before anything is constructed;
+* ``metadata.json`` records the file's sha256, checked before skops even opens it, so a
+  truncated or edited file is refused with a clear :class:`ModelStoreError`;
+* a version is written into a temporary directory beside its final place, fsynced, and
+  renamed into place, so a reader never sees half a model and a crash leaves no ``v<N>``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ModelStore",
+    "ModelStoreError",
+    "METADATA_SCHEMA_VERSION",
+    "TRUSTED_TYPES",
+    "MODEL_FILE",
+    "METADATA_FILE",
+    "frame_digest",
+]
+
+METADATA_SCHEMA_VERSION = 1
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+#: types beyond skops' own defaults (builtins, numpy arrays, scikit-learn estimators) that a
+#: model file of ours may contain; anything else makes the file untrusted
+TRUSTED_TYPES = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+    "numpy.dtype",
+)
+
+
+class ModelStoreError(RuntimeError):
+    """A model that cannot be trusted or read: missing, corrupt, tampered with, or holding
+    types outside the trusted list."""
+
+
+def _library_versions() -> dict[str, str]:
+    import numpy
+    import pandas
+    import sklearn
+    import skops
+
+    from scalable import __version__
+
+    return {
+        "python": platform.python_version(),
+        "scalable": __version__,
+        "scikit-learn": sklearn.__version__,
+        "skops": skops.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def frame_digest(frame: Any) -> str:
+    """A stable digest of training data (pandas' fixed-key row hashes, not ``hash()``)."""
+    import pandas as pd
+
+    if len(frame) == 0:
+        return hashlib.sha256(b"").hexdigest()
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    """Model versions under ``root``: ``save``, ``versions``, ``latest``, ``load``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _model_dir(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ModelStoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
+        return self.root / name
+
+    def versions(self, name: str = "default") -> list[int]:
+        directory = self._model_dir(name)
+        if not directory.is_dir():
+            return []
+        found = (_VERSION_DIR.match(p.name) for p in directory.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def latest(self, name: str = "default") -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def path(self, name: str = "default", version: int | str | None = None) -> Path:
+        number = self._resolve(name, version)
+        return self._model_dir(name) / f"v{number}"
+
+    def _resolve(self, name: str, version: int | str | None) -> int:
+        if version is None:
+            latest = self.latest(name)
+            if latest is None:
+                raise ModelStoreError(f"no model {name!r} in {self.root}")
+            return latest
+        text = str(version)
+        match = _VERSION_DIR.match(text) or re.match(r"^(\d+)$", text)
+        if not match:
+            raise ModelStoreError(f"invalid model version {version!r}: use a number or v<number>")
+        return int(match.group(1))
+
+    def save(
+        self,
+        name: str,
+        payload: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        training_digest: str | None = None,
+    ) -> Path:
+        """Write ``payload`` (skops-serialisable) as the next version of ``name``, atomically."""
+        import skops.io as sio
+
+        directory = self._model_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+        try:
+            model_path = staging / MODEL_FILE
+            sio.dump(dict(payload), model_path)
+            with open(model_path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            while True:
+                number = (self.latest(name) or 0) + 1
+                final = directory / f"v{number}"
+                record = {
+                    "schema_version": METADATA_SCHEMA_VERSION,
+                    "name": name,
+                    "version": f"v{number}",
+                    "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "model_file": MODEL_FILE,
+                    "model_sha256": _sha256(model_path),
+                    "format": "skops",
+                    "trusted_types": list(TRUSTED_TYPES),
+                    "libraries": _library_versions(),
+                    "training_data_digest": training_digest,
+                    **dict(metadata),
+                }
+                meta_path = staging / METADATA_FILE
+                with open(meta_path, "w", encoding="utf-8") as handle:
+                    json.dump(record, handle, indent=2, sort_keys=True, default=str)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                _fsync_dir(staging)
+                try:
+                    os.rename(staging, final)
+                except OSError:
+                    if final.exists():
+                        continue  # another writer took this number; take the next one
+                    raise
+                _fsync_dir(directory)
+                return final
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def metadata(self, name: str = "default", version: int | str | None = None) -> dict[str, Any]:
+        path = self.path(name, version) / METADATA_FILE
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except FileNotFoundError as exc:
+            raise ModelStoreError(f"model {name!r} has no {METADATA_FILE} at {path.parent}") from exc
+        except (OSError, ValueError) as exc:
+            raise ModelStoreError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(record, dict) or record.get("schema_version") != METADATA_SCHEMA_VERSION:
+            raise ModelStoreError(f"{path} has an unknown metadata schema version")
+        return record
+
+    def load_model(self, name: str = "default", version: int | str | None = None) -> tuple[Any, dict[str, Any], Path]:
+        """The payload, metadata and directory of a version, after checking it can be trusted."""
+        import skops.io as sio
+
+        directory = self.path(name, version)
+        record = self.metadata(name, version)
+        model_path = directory / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelStoreError(f"model file missing: {model_path}")
+        expected = record.get("model_sha256")
+        actual = _sha256(model_path)
+        if not expected or actual != expected:
+            raise ModelStoreError(
+                f"model file {model_path} does not match the sha256 in its metadata: it was changed or is corrupt"
+            )
+        try:
+            untrusted = set(sio.get_untrusted_types(file=model_path))
+        except Exception as exc:  # skops raises many kinds on a malformed file
+            raise ModelStoreError(f"cannot read model file {model_path}: {exc}") from exc
+        refused = sorted(untrusted - set(TRUSTED_TYPES))
+        if refused:
+            raise ModelStoreError(f"model file {model_path} holds untrusted types: {', '.join(refused)}")
+        try:
+            payload = sio.load(model_path, trusted=sorted(untrusted))
+        except Exception as exc:
+            raise ModelStoreError(f"cannot load model file {model_path}: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise ModelStoreError(f"model file {model_path} does not hold a model payload")
+        return payload, record, directory
+
+    def resolve_root(self) -> tuple["ModelStore", str, int | None]:
+        """Interpret ``root`` given by a user: a store root, a model directory or a version
+        directory; returns the store, model name and version (None for the latest)."""
+        if (self.root / METADATA_FILE).is_file() and _VERSION_DIR.match(self.root.name):
+            return ModelStore(self.root.parent.parent), self.root.parent.name, int(self.root.name[1:])
+        if self.root.is_dir() and any(_VERSION_DIR.match(p.name) for p in self.root.iterdir() if p.is_dir()):
+            return ModelStore(self.root.parent), self.root.name, None
+        return self, "default", None
