@@ -80,7 +80,7 @@ class KubernetesTarget:
                 worker_command=worker_command(group),
             )
             self._replicas[group.tag] = group.workers.min
-        return Client(self.cluster, set_as_default=False)
+        return Client(self.cluster)
 
     def workers(self, tag: str) -> list[str]:
         """The replicas last asked for; the controller brings the pods to it."""

@@ -47,7 +47,7 @@ class LocalTarget:
         )
         for group in self.manifest.worker_groups:
             self.scale_up(group.tag, group.workers.min)
-        return Client(self.cluster, set_as_default=False)
+        return Client(self.cluster)
 
     def _spec(self, tag: str) -> dict[str, Any]:
         group = self.manifest.group(tag)
