@@ -206,7 +206,9 @@ class PrometheusSource(_Spec):
 class Scaling(_Spec):
 
     model_config = ConfigDict(**_Spec.model_config, json_schema_extra=_cel(
-        "self.scaleDownThreshold < self.scaleUpThreshold", "scaleDownThreshold must be below scaleUpThreshold"
+        # has(): the API server also checks the rule against the schema default {}, before field defaults
+        "!has(self.scaleDownThreshold) || !has(self.scaleUpThreshold) || self.scaleDownThreshold < self.scaleUpThreshold",
+        "scaleDownThreshold must be below scaleUpThreshold",
     ))
 
     mode: ScalingMode = Field(default=ScalingMode.Predictive)
