@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures: dict = {
         "command": " ".join(["python", "benchmarks/bench_loader.py"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])]),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "runs": args.runs,
         "task_records": args.runs * args.tasks_per_run,
     }
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(figures, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -223,7 +223,6 @@ class _RunFile:
     path: str
     name: str
     key: list[int] | None
-    data: bytes | None = None
 
 
 def _file_key(st: os.stat_result) -> list[int]:

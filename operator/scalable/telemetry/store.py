@@ -116,8 +116,8 @@ def _write_all(fd: int, data: bytes) -> None:
 class RunWriter:
     """Appends records to one run. A context manager; ``close`` finalises the run.
 
-    Thread-safe: file descriptors are opened under a lock and every line goes out in a single
-    ``os.write``, which needs no lock.
+    Thread-safe: writes and ``close`` take a lock; every batch of whole lines goes out in a
+    single ``os.write`` on an ``O_APPEND`` descriptor.
     """
 
     def __init__(self, path: Path, info: RunInfo) -> None:
@@ -142,10 +142,13 @@ class RunWriter:
     def __repr__(self) -> str:
         return f"RunWriter({str(self.path)!r})"
 
-    def _fd(self, kind: str) -> int:
-        fd = self._fds.get(kind)
-        if fd is not None:
-            return fd
+    def _write(self, kind: str, data: bytes) -> None:
+        """Hand ``data`` (whole lines) to the kernel in one write.
+
+        The lock makes a write and ``close`` exclusive, so a descriptor is never used after it
+        was closed (and perhaps reused by another file); the kernel orders writers in other
+        processes through ``O_APPEND``.
+        """
         with self._lock:
             if self._closed:
                 raise ValueError(f"run {self.run_id} is closed")
@@ -157,7 +160,7 @@ class RunWriter:
                     0o644,
                 )
                 self._fds[kind] = fd
-            return fd
+            _write_all(fd, data)
 
     def _coerce(self, record: BaseModel | Mapping[str, Any]) -> BaseModel:
         if isinstance(record, Mapping):
@@ -186,7 +189,7 @@ class RunWriter:
         """
         record = self._coerce(record)
         line = record.model_dump_json().encode() + b"\n"
-        _write_all(self._fd(record.kind), line)  # type: ignore[attr-defined]
+        self._write(record.kind, line)  # type: ignore[attr-defined]
 
     def append_many(self, records: Iterable[BaseModel | Mapping[str, Any]]) -> int:
         """Append records in bulk and return how many.
@@ -205,11 +208,11 @@ class RunWriter:
             sizes[kind] = sizes.get(kind, 0) + len(line)
             count += 1
             if sizes[kind] >= _BULK_WRITE_BYTES:
-                _write_all(self._fd(kind), b"".join(pending.pop(kind)))
+                self._write(kind, b"".join(pending.pop(kind)))
                 sizes[kind] = 0
         for kind, lines in pending.items():
             if lines:
-                _write_all(self._fd(kind), b"".join(lines))
+                self._write(kind, b"".join(lines))
         return count
 
     def close(self, **run_info_fields: Any) -> None:
