@@ -37,6 +37,22 @@ from scalable.advising.replay import (
 TARGET_REDUCTION = 0.25
 
 
+def by_method(result, rates) -> dict:
+    """Where the LearnedAdvisor's slack comes from: the jobs its model answered versus those it
+    handed to the ResourceAdvisor, each compared with the best percentile rule on the same jobs
+    (margin-tuned on that subset). Diagnostic only: the headline compares all jobs."""
+    sc = result.scored
+    out = {}
+    for method, rows in sc.groupby("LearnedAdvisor:method"):
+        entry = {"n": int(len(rows)), "share": len(rows) / len(sc)}
+        for r in rates:
+            learned = slack_at_rate(rows["LearnedAdvisor"], rows["used"], r)["slack"]
+            best = min(slack_at_rate(rows[c], rows["used"], r)["slack"] for c in sc.columns if " of task" in c)
+            entry[f"{r:g}"] = {"learned_slack": learned, "best_percentile_slack": best}
+        out[str(method)] = entry
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="coarser blocks and fewer refits")
@@ -44,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-type", default="gradient_boosting")
     parser.add_argument("--block-size", type=int, default=None, help="jobs per knowledge cutoff")
     parser.add_argument("--refit-every", type=int, default=None, help="scored jobs between refits")
+    parser.add_argument("--variants", default=None,
+                        help="extra LearnedAdvisor settings to replay alongside, e.g. min_history=1")
     args = parser.parse_args(argv)
     started = time.time()
     block = args.block_size or (250 if args.quick else 50)
@@ -58,9 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Sandia-Ross: {len(frame)} jobs, {int(frame['peak_memory_bytes'].notna().sum())} with memory "
           f"(loaded in {load_s:.1f}s)", file=sys.stderr)
 
-    learned = AdvisorPredictor("LearnedAdvisor",
-                               lambda: LearnedAdvisor(model_type=args.model_type, coverage=args.coverage))
-    resource = AdvisorPredictor("ResourceAdvisor", lambda: ResourceAdvisor(coverage=args.coverage))
+    # SWF memory is per processor and mostly a few MiB: a pod's 250Mi floor is a Kubernetes policy,
+    # not an estimate, and would swamp every figure. Floors are set to 1 KiB for both advisors;
+    # everything else is as shipped.
+    floor = 1024
+    learned = AdvisorPredictor("LearnedAdvisor", lambda: LearnedAdvisor(
+        model_type=args.model_type, coverage=args.coverage, min_memory=floor))
+    resource = AdvisorPredictor("ResourceAdvisor", lambda: ResourceAdvisor(coverage=args.coverage, min_memory=floor))
+    predictors = [learned, resource]
+    names = ["LearnedAdvisor", "ResourceAdvisor"]
+    for variant in args.variants.split(",") if args.variants else []:
+        key, _, value = variant.partition("=")
+        params = {key: type(getattr(LearnedAdvisor(), key))(value)}
+        name = f"LearnedAdvisor[{key}={value}]"
+        predictors.append(AdvisorPredictor(name, lambda params=params: LearnedAdvisor(
+            model_type=args.model_type, coverage=args.coverage, min_memory=floor, **params)))
+        names.append(name)
 
     last = [0.0]
 
@@ -70,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             last[0] = now
             print(f"  {done}/{total} scored jobs ({now - t0:.0f}s)", file=sys.stderr)
 
-    result = replay_many(frame, [learned, resource, PercentileBaseline()], target="memory",
+    result = replay_many(frame, [*predictors, PercentileBaseline()], target="memory",
                          score_fraction=0.5, block_size=block, refit_every=refit, progress=progress)
-    summary = summarize_memory(result, ["LearnedAdvisor", "ResourceAdvisor"])
+    summary = summarize_memory(result, names)
+    diagnostics = by_method(result, summary["rates"])
 
     rows = []
     comparison = {}
@@ -94,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                  "best tuned percentile slack", "LearnedAdvisor less slack by"],
           f"Sandia-Ross memory, time-ordered replay, {summary['n_scored']} jobs scored "
           f"(later half), equal under-provision rates")
+    for extra in names[2:]:
+        e = summary["advisors"][extra]
+        rows_x = [[pct(float(r)), pct(e["at_rate"][r]["slack"])] for r in e["at_rate"]]
+        table(rows_x, ["under-provision", "slack"], f"{extra}: as configured "
+              f"{pct(e['as_is']['under_provision_rate'])} under, {pct(e['as_is']['slack'])} slack")
+    table([[m, d["n"], pct(d["share"]), *[f"{pct(d[f'{r:g}']['learned_slack'])} vs {pct(d[f'{r:g}']['best_percentile_slack'])}"
+                                           for r in summary["rates"]]] for m, d in diagnostics.items()],
+          ["LearnedAdvisor method", "jobs", "share", *[f"slack @ {pct(r)}: learned vs best pct" for r in summary["rates"]]],
+          "Diagnostic: jobs answered by the model vs by its ResourceAdvisor fallback")
     calib = summary["advisors"]["LearnedAdvisor"]["as_is"]
     calib_r = summary["advisors"]["ResourceAdvisor"]["as_is"]
     table([["LearnedAdvisor", pct(calib["under_provision_rate"]), pct(calib["slack"]),
@@ -124,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {"coverage": args.coverage, "promised_under_provision": round(1 - args.coverage, 6),
                         "learned": calib, "resource": calib_r},
         "summary": summary,
+        "by_method": diagnostics,
         "replay": {"seconds": result.seconds, "refits": result.refits, "blocks": result.blocks,
                    "predictors": result.predictors, "load_seconds": load_s},
         "targets": {"slack_reduction_at_2pct": {"target": TARGET_REDUCTION,
