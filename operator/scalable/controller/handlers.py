@@ -24,7 +24,12 @@ FINALIZER = "scalable.dev/cleanup"
 
 
 def build_registry() -> kopf.OperatorRegistry:
-    registry = kopf.SmartOperatorRegistry()  # with kopf's login handlers (kubeconfig or ServiceAccount)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # $KUBECONFIG (read now, not at import like the kubernetes client does), else in-cluster
+        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
