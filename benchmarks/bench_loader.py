@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         seconds, table = timed(load_tasks, runs_dir)
         figures["cold_load_s"] = round(seconds, 3)
-        figures["cache_bytes"] = sum(p.stat().st_size for p in (runs_dir / ".cache").glob("*.parquet"))
+        figures["cache_bytes"] = sum(p.stat().st_size for p in (runs_dir / ".cache").rglob("*.parquet"))
 
         warm = []
         for _ in range(args.repeat):

@@ -69,7 +69,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 _CACHE_SUBDIR = f"tasks-v{_CACHE_FORMAT}"
 _MANIFEST = "manifest.json"
 #: compact into one segment when there are more, or when dead rows outnumber this share of live ones
@@ -79,7 +79,8 @@ _ORPHAN_AGE_S = 3600.0
 _TASKS_FILE = RECORD_FILES["task"]
 _BATCH_BYTES = 32 << 20
 _FEATURE_PREFIX = "feature."
-_STR_SUFFIX = "#str"
+#: cache columns of a feature's text values; its numbers (and bools) live under _FEATURE_PREFIX
+_TEXT_PREFIX = "text."
 
 #: reasons a line or file is skipped, with the words used to report them
 SKIP_REASONS: dict[str, str] = {
@@ -339,7 +340,7 @@ class _Columns:
             names.append(_FEATURE_PREFIX + name)
         for name, values in self.txt.items():
             arrays.append(pa.array(values, type=pa.string()))
-            names.append(_FEATURE_PREFIX + name + _STR_SUFFIX)
+            names.append(_TEXT_PREFIX + name)
         return pa.Table.from_arrays(arrays, names=names)
 
 
@@ -468,7 +469,7 @@ def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
                 continue
             if pa.types.is_string(child.type):
                 arrays.append(values)
-                names.append(_FEATURE_PREFIX + child.name + _STR_SUFFIX)
+                names.append(_TEXT_PREFIX + child.name)
             else:
                 arrays.append(as_float(values))
                 names.append(_FEATURE_PREFIX + child.name)
@@ -736,11 +737,11 @@ def _to_frame(table: pa.Table) -> tuple[pd.DataFrame, list[str]]:
     frame.insert(TASK_COLUMNS.index("end_time"), "end_time", np.where(np.isnan(finished), start + frame["duration_s"].to_numpy(), finished))
 
     features = sorted(
-        {n[len(_FEATURE_PREFIX) :].removesuffix(_STR_SUFFIX) for n in names if n.startswith(_FEATURE_PREFIX)}
+        {n.split(".", 1)[1] for n in names if n.startswith((_FEATURE_PREFIX, _TEXT_PREFIX))}
     )
     columns: dict[str, Any] = {}
     for name in features:
-        num_name, txt_name = _FEATURE_PREFIX + name, _FEATURE_PREFIX + name + _STR_SUFFIX
+        num_name, txt_name = _FEATURE_PREFIX + name, _TEXT_PREFIX + name
         num = table.column(num_name) if num_name in names else None
         txt = table.column(txt_name) if txt_name in names else None
         if txt is None or txt.null_count == len(txt):

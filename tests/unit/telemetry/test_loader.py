@@ -54,7 +54,7 @@ def test_columns_types_and_values(store):
 def test_feature_types_numeric_bool_mixed_and_missing(store):
     with store.open_run() as writer:
         writer.append(make_task(writer.run_id, 0, input_features={"n": 3, "b": True, "mixed": 12, "only_first": 1.5}))
-        writer.append(make_task(writer.run_id, 1, input_features={"n": 2.5, "b": False, "mixed": "high"}))
+        writer.append(make_task(writer.run_id, 1, input_features={"n": 2.5, "b": False, "mixed": "high", "n#str": 1, "text.x": "t"}))
     with store.open_run() as other:
         other.append(make_task(other.run_id, 2, input_features={"mixed": 0.25, "n": 1}))
     frame = _load(store.root)[0].frame
@@ -63,6 +63,7 @@ def test_feature_types_numeric_bool_mixed_and_missing(store):
     assert frame["feature.b"].tolist()[:2] == [1.0, 0.0] and math.isnan(frame["feature.b"][2])
     assert frame["feature.mixed"].tolist() == ["12", "high", "0.25"]
     assert frame["feature.only_first"].iloc[0] == 1.5 and frame["feature.only_first"].iloc[1:].isna().all()
+    assert frame["feature.n#str"].iloc[1] == 1.0 and frame["feature.text.x"].iloc[1] == "t"
 
 
 def _lines(records):
