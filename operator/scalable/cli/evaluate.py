@@ -82,40 +82,45 @@ def _print_table(summary: dict[str, Any], runs_dir: Path, coverage: float) -> No
     from rich.table import Table
 
     rates = [f"{r:g}" for r in summary["rates"]]
-    table = Table(title=f"Memory advice replayed in time order: {runs_dir} "
-                        f"({summary['n_scored']} jobs scored)")
-    table.add_column("advisor")
-    table.add_column("under-provision", justify="right")
+    table = Table(title=f"Memory advice replayed in time order ({summary['n_scored']} jobs scored, "
+                        f"coverage {coverage:g})")
+    table.add_column("advisor", no_wrap=True)
+    table.add_column("under", justify="right")
     table.add_column("slack", justify="right")
     for r in rates:
-        table.add_column(f"slack @ {_pct(float(r))} under", justify="right")
-    table.add_column("duration MAE", justify="right")
+        table.add_column(f"slack@{100 * float(r):g}%", justify="right")
+    table.add_column("dur. MAE", justify="right")
     for name, entry in summary["advisors"].items():
         dur = entry.get("duration", {}).get("mae_s")
         table.add_row(
-            f"{name} (coverage {coverage:g})",
+            name,
             _pct(entry["as_is"]["under_provision_rate"]),
             _pct(entry["as_is"]["slack"]),
             *[_pct(entry["at_rate"][r]["slack"]) for r in rates],
-            "n/a" if dur is None or not math.isfinite(dur) else f"{dur:,.0f} s",
+            "n/a" if dur is None or not math.isfinite(dur) else f"{dur:,.0f}s",
         )
     best = summary.get("best_percentile")
     if best:
-        table.add_row("best tuned percentile", "-", "-",
-                      *[f"{_pct(best[r]['slack'])} ({best[r]['variant']})" for r in rates], "")
+        table.add_row("best percentile*", "-", "-", *[_pct(best[r]["slack"]) for r in rates], "")
     req = summary.get("requested")
     if req is None:
-        table.add_row("requested resources", "n/a", "n/a", *["" for _ in rates], "",
-                      end_section=True)
+        table.add_row("requested", "n/a", "n/a", *["" for _ in rates], "")
     else:
-        table.add_row("requested resources", _pct(req["under_provision_rate"]), _pct(req["slack"]),
+        table.add_row("requested", _pct(req["under_provision_rate"]), _pct(req["slack"]),
                       *["" for _ in rates], "")
     console = Console()
     console.print(table)
-    console.print("under-provision: recommended < used (the job would be OOM-killed); slack: "
-                  "share of recommended memory left idle by the jobs that fit. Columns 'slack @ x' "
-                  "scale each advisor by the margin that reaches exactly x under-provisioning.",
-                  style="dim")
+    notes = [f"runs: {runs_dir}",
+             "under: share of jobs whose recommendation < used (they would be OOM-killed); slack: share "
+             "of recommended memory left idle by the jobs that fit; slack@x: each advisor scaled by the "
+             "margin that gives exactly x under-provisioning (the fair comparison)."]
+    if best:
+        notes.append("* best of several per-task percentile rules, tuned the same way: "
+                     + ", ".join(f"{100 * float(r):g}%: {best[r]['variant']}" for r in rates))
+    if req is None:
+        notes.append("requested: the history records no requested memory")
+    for note in notes:
+        console.print(note, style="dim", highlight=False)
 
 
 def evaluate(
