@@ -16,7 +16,7 @@ Speed comes from two places:
   dropped. A cache that cannot be read is rebuilt; one that cannot be written is skipped.
 
 Both parsers accept and reject the same records, with one leniency shared by both: a ``null``
-input feature is treated as absent.
+input feature, or a ``null`` where a field has a default, is treated as absent.
 """
 
 from __future__ import annotations
@@ -344,6 +344,10 @@ class _Columns:
         return pa.Table.from_arrays(arrays, names=names)
 
 
+#: fields with a default that a ``null`` in the file stands for (pyarrow cannot tell them apart)
+_DEFAULTED = ("schema_version", "kind", "input_features", "worker_resources", "requested", "state")
+
+
 def _parse_slow(run_file: _RunFile, data: bytes, out: _Columns, report: SkipReport) -> None:
     """Line by line with full pydantic validation; every bad line is counted by reason."""
     where = f"{run_file.run}/{run_file.name}"
@@ -362,6 +366,9 @@ def _parse_slow(run_file: _RunFile, data: bytes, out: _Columns, report: SkipRepo
         if not isinstance(obj, dict):
             report.add("corrupt_line", f"{where}:{number + 1}")
             continue
+        for name in _DEFAULTED:
+            if name in obj and obj[name] is None:
+                del obj[name]
         version = obj.get("schema_version", SCHEMA_VERSION)
         if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
             report.add("unknown_schema_version", f"{where}:{number + 1} (version {version!r})")

@@ -308,3 +308,18 @@ def test_load_decisions(store):
     assert frame["run_id"].tolist() == [writer.run_id] * 2
     assert frame.attrs["skipped"]["counts"] == {"truncated_line": 1} or frame.attrs["skipped"]["counts"] == {"corrupt_line": 1}
     assert len([w for w in caught if issubclass(w.category, TelemetryWarning)]) == 1
+
+
+def test_nulls_mean_absent_in_both_parsers(store):
+    run = store.open_run()
+    run.close()
+    record = {"run_id": run.run_id, "task": "t", "submitted_at": 1.0, "duration_s": 2.0, "schema_version": None,
+              "kind": None, "input_features": {"a": None, "b": 1}, "worker_resources": None, "state": None}
+    path = run.path / "tasks.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    fast = _load(store.root, cache=False)[0]
+    path.write_text(json.dumps(record) + "\n{corrupt\n")
+    slow = _load(store.root, cache=False)[0]
+    assert len(fast) == len(slow) == 1 and fast.skipped.total == 0 and slow.skipped.total == 1
+    pd.testing.assert_frame_equal(fast.frame, slow.frame)
+    assert fast.frame["state"][0] == "succeeded" and fast.feature_columns == ["feature.b"]
