@@ -46,6 +46,11 @@ MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
 #: the metadata) so that training 1M records stays within a minute on two cores
 DEFAULT_MAX_ROWS = {"gradient_boosting": 1_000_000, "random_forest": 150_000, "quantile_regression": 10_000}
 MIN_SPREAD = 0.02
+#: confidence from history: n / (n + 5) ("5 runs give basic predictions, 20+ reliable, 100+
+#: high accuracy"), where runs of the task's tag count a tenth, at most 50 of them
+HISTORY_SCALE = 5.0
+NEIGHBOUR_WEIGHT = 0.1
+NEIGHBOUR_CAP = 50.0
 _LOG_TARGETS = ("memory", "cpus", "duration")
 
 
@@ -161,7 +166,7 @@ class LearnedAdvisor(BaseEstimator):
         return cls(model_type=model_type, coverage=coverage, **params).fit(load_tasks(runs_dir).frame)
 
     def _fallback_advisor(self) -> ResourceAdvisor:
-        params = {"min_memory": self.min_memory, **dict(self.fallback_params or {})}
+        params = {"min_memory": self.min_memory, "use_tag_history": True, **dict(self.fallback_params or {})}
         params["coverage"] = self.coverage
         return ResourceAdvisor(**params)
 
@@ -389,7 +394,7 @@ class LearnedAdvisor(BaseEstimator):
         )
         if not self.ready:
             reason = getattr(self, "unavailable_reason_", None) or "the model is not trained"
-            return [self._fallback(t, target, coverage, reason, None) for t in tasks]
+            return [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
         if single:
             X = encoder.transform_one(tasks[0], features[0], tags[0], self.history_)
         else:
@@ -416,7 +421,14 @@ class LearnedAdvisor(BaseEstimator):
 
         miss = calibrator.miss_rates(task_array, tag_array, coverage)
         alpha = 1.0 - coverage
-        history_factor = n_hist / (n_hist + max(self.min_history, 1))
+        tag_rows = self.history_["tag"]
+        n_tag = np.fromiter(
+            ((tag_rows.table[j, 0] if (j := tag_rows.index.get(g)) is not None else 0.0) for g in tag_array),
+            dtype=float,
+            count=len(tasks),
+        )
+        n_effective = n_hist + NEIGHBOUR_WEIGHT * np.minimum(n_tag, NEIGHBOUR_CAP)
+        history_factor = n_effective / (n_effective + HISTORY_SCALE)
         width = upper / np.maximum(median, 1.0) - 1.0
         width_factor = 1.0 / (1.0 + np.maximum(width, 0.0))
         coverage_factor = np.minimum(1.0, alpha / np.maximum(miss, 1e-9))
@@ -430,21 +442,21 @@ class LearnedAdvisor(BaseEstimator):
         cpu_list = cpus.tolist() if cpus is not None else [1.0] * len(tasks)
         duration_list = duration.tolist() if duration is not None else [None] * len(tasks)
         rows = zip(
-            tasks, n_hist.tolist(), np.round(confidence, 2).tolist(), memory.tolist(), upper.tolist(),
+            tasks, tags, n_hist.tolist(), np.round(confidence, 2).tolist(), memory.tolist(), upper.tolist(),
             lower.tolist(), median.tolist(), miss.tolist(), width.tolist(), cpu_list, duration_list,
         )
         out = []
-        for i, (task, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur) in enumerate(rows):
+        for i, (task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur) in enumerate(rows):
             if n < self.min_history:
                 reason = f"only {int(n)} runs of {task!r} known (fewer than min_history={self.min_history})"
-                out.append(self._fallback(task, target, coverage, reason, conf, dur))
+                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
                 continue
             if not math.isfinite(mem) or conf < self.confidence_threshold:
                 reason = (
                     f"model confidence {conf:.2f} below {self.confidence_threshold:g} "
                     f"(interval x{1 + width_i:.2f} of the median, held-out miss rate {miss_i:.1%})"
                 )
-                out.append(self._fallback(task, target, coverage, reason, conf, dur))
+                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
                 continue
             if target is None or target == "memory":
                 scope = "this task" if task in own_quantile else "all tasks"
@@ -494,15 +506,16 @@ class LearnedAdvisor(BaseEstimator):
         reason: str,
         model_confidence: float | None,
         duration: float | None = None,
+        tag: str | None = None,
     ) -> Recommendation:
-        base = self.fallback_.recommend(task, target=target, coverage=coverage)
+        base = self.fallback_.recommend(task, target=target, coverage=coverage, tag=tag)
         predicted = base.predicted_duration_s
         if predicted is None and duration is not None:
             predicted = round(duration, 3)
         return Recommendation(
             cpus=base.cpus,
             memory_bytes=base.memory_bytes,
-            confidence=base.confidence,
+            confidence=base.confidence if model_confidence is None else min(base.confidence, model_confidence),
             method="percentile",
             basis=f"{reason}; ResourceAdvisor: {base.basis}",
             predicted_duration_s=predicted,

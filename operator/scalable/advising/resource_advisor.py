@@ -87,8 +87,9 @@ class ResourceAdvisor(BaseEstimator):
     default_memory, default_cpus:
         The answer for a task never seen; deliberately generous, and the basis says so.
     use_tag_history:
-        For a task never seen, answer from the runs of its tag (worker group or user) before
-        giving up and answering with the default.
+        For a task never seen, answer from the runs of its tag (worker group or user; given
+        with the request, or the tag the task last ran with) before giving up and answering
+        with the default.
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class ResourceAdvisor(BaseEstimator):
         min_cpus: float | str = 0.025,
         default_memory: str | int = "4Gi",
         default_cpus: int = 1,
-        use_tag_history: bool = False,
+        use_tag_history: bool = True,
     ) -> None:
         self.coverage = coverage
         self.safety_margin = safety_margin
@@ -157,8 +158,9 @@ class ResourceAdvisor(BaseEstimator):
         target: str | None = None,
         coverage: float | None = None,
         input_features: Mapping[str, Any] | None = None,
+        tag: str | None = None,
     ) -> Recommendation:
-        """Resources for the next run of ``task``.
+        """Resources for the next run of ``task`` (running with ``tag``, if known).
 
         ``input_features`` is accepted so that callers can treat both advisors alike; a
         percentile of history does not depend on them. ``target`` chooses which quantity the
@@ -167,17 +169,17 @@ class ResourceAdvisor(BaseEstimator):
         if target not in TARGETS:
             raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
         coverage = self.coverage if coverage is None else coverage
-        key = (task, target, coverage)
+        key = (task, target, coverage, tag)
         cached = self._cache.get(key) if hasattr(self, "_cache") else None
         if cached is not None:
             return cached
-        rec = self._recommend(task, target, coverage)
+        rec = self._recommend(task, target, coverage, tag)
         self._cache[key] = rec
         return rec
 
     def recommend_batch(self, requests: Iterable[Mapping[str, Any] | str]) -> list[Recommendation]:
         """One Recommendation per request, in order; a request is a task name or a mapping with
-        ``task`` (and optionally ``target``, ``coverage``, ``input_features``)."""
+        ``task`` (and optionally ``tag``, ``target``, ``coverage``, ``input_features``)."""
         out = []
         for request in requests:
             if isinstance(request, str):
@@ -185,7 +187,10 @@ class ResourceAdvisor(BaseEstimator):
             else:
                 out.append(
                     self.recommend(
-                        request["task"], target=request.get("target"), coverage=request.get("coverage")
+                        request["task"],
+                        target=request.get("target"),
+                        coverage=request.get("coverage"),
+                        tag=request.get("tag"),
                     )
                 )
         return out
@@ -215,7 +220,7 @@ class ResourceAdvisor(BaseEstimator):
         steps.append(Minimum(self.min_cpus_, "cpus"))
         return Chain(tuple(steps))
 
-    def _recommend(self, task: str, target: str | None, coverage: float) -> Recommendation:
+    def _recommend(self, task: str, target: str | None, coverage: float, tag: str | None = None) -> Recommendation:
         if not hasattr(self, "tasks_"):
             raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
         if not 0.0 < coverage <= 1.0:
@@ -223,7 +228,7 @@ class ResourceAdvisor(BaseEstimator):
         history = self.tasks_.get(task)
         prefix = ""
         if (history is None or history.memory.n == 0) and self.use_tag_history:
-            tag = self.task_tags_.get(task)
+            tag = tag if tag is not None else self.task_tags_.get(task)
             if tag is not None and tag in self.tags_ and self.tags_[tag].memory.n:
                 history = self.tags_[tag]
                 prefix = f"no history for task {task!r}; runs with tag {tag!r}: "
