@@ -113,12 +113,15 @@ class ControlPlane:
         controller_manager: bool = True,
         die_with_parent: bool = True,
         keep_workdir: bool = False,
+        extra_apiserver_args: list[str] | tuple[str, ...] = (),
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scalable-testenv-"))
         self.controller_manager = controller_manager
         self.die_with_parent = die_with_parent
         self.keep_workdir = keep_workdir
+        # Extra kube-apiserver flags, appended last (e.g. --audit-policy-file/--audit-log-path).
+        self.extra_apiserver_args = list(extra_apiserver_args)
         self.procs: list[_Proc] = []
         self.server = ""
         self.admin_token = ""
@@ -218,6 +221,7 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                *self.extra_apiserver_args,
             ],
         )
         self._wait_ready(deadline)
