@@ -620,7 +620,7 @@ def _write_cache(root: Path, old: _Cache | None, runs: dict[str, Any], new_rows:
             "runs": runs,
         }
         atomic_replace(directory / _MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
-    except OSError as exc:
+    except Exception as exc:  # the cache is optional: a load never fails for want of it
         log.debug("not caching telemetry in %s: %s", directory, exc)
         for path in written:
             try:

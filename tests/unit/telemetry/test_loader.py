@@ -160,7 +160,7 @@ records = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=records, corrupt=st.booleans())
 def test_loaded_values_match_written_records(tmp_path_factory, records, corrupt):
     root = tmp_path_factory.mktemp("runs")
