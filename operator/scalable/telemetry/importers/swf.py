@@ -26,6 +26,7 @@ numbers (``corrupt_line``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
@@ -61,7 +62,7 @@ def _number(text: str) -> int | float | None:
         value: int | float = int(text)
     except ValueError:
         value = float(text)
-        if value != value:
+        if not math.isfinite(value):
             return None
         if value.is_integer():
             value = int(value)
