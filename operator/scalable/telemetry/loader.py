@@ -11,9 +11,9 @@ Speed comes from two places:
   vectorised compute; only a batch that fails any check is parsed again line by line with
   pydantic, which finds and counts exactly the bad lines;
 * a Parquet cache in ``<runs_dir>/.cache/`` holds the parsed rows of every run together with
-  each run's file identity (size, mtime_ns, inode). A warm load stats the task files, reads one
-  Parquet file and re-parses only runs that were added or changed; rows of deleted runs are
-  dropped. A cache that cannot be read is rebuilt; one that cannot be written is skipped.
+  each run's file identity (size, mtime_ns, inode). A warm load stats the task files, reads the
+  cache's Parquet segments and re-parses only runs that were added or changed; rows of deleted
+  runs are dropped. A cache that cannot be read is rebuilt; one that cannot be written is skipped.
 
 Both parsers accept and reject the same records, with one leniency shared by both: a ``null``
 input feature, or a ``null`` where a field has a default, is treated as absent.
@@ -546,7 +546,7 @@ def _parse_runs(
 
 # --------------------------------------------------------------------------- the cache
 #
-# <runs_dir>/.cache/tasks-v2/manifest.json lists Parquet segments and, per run, the file key it
+# <runs_dir>/.cache/tasks-v<format>/manifest.json lists Parquet segments and, per run, the file key it
 # was parsed from, where its rows are (segment, offset, rows) and what was skipped. Segments
 # are written once and never changed; the manifest is replaced atomically after them. A load
 # that re-parses a few runs writes only those rows as a new small segment; when segments pile
