@@ -1,0 +1,62 @@
+"""AdvisorModel: trained in a separate process from the namespace's telemetry, then served.
+
+The operator trains on the runs in its volume, reports what it trained in status, and a
+ScalableWorkflow that references the model sizes with it (method "learned", its version).
+"""
+
+from __future__ import annotations
+
+from tests.integration.harness import (
+    SCALABLE,
+    condition,
+    create,
+    create_dask_cluster,
+    get,
+    operator_options,
+    running_operator,
+    scalable_workflow,
+    wait_until,
+    write_history,
+)
+
+
+def advisor_model(name, **spec):
+    return {"apiVersion": SCALABLE, "kind": "AdvisorModel", "metadata": {"name": name},
+            "spec": {"coverage": 0.9, "minHistory": 5, "retrainInterval": "1h", **spec}}
+
+
+async def _phase(api, namespace, name, phase):
+    obj = await get(api, namespace, "AdvisorModel", name)
+    return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+
+
+async def test_training_reports_in_status_and_the_workflow_uses_the_model(kube_api, namespace, tmp_path):
+    write_history(tmp_path / namespace / "runs", n=150, peak_gib=3.0, spread=0.3)
+    await create(kube_api, namespace, advisor_model("demand"))
+    await create(kube_api, namespace, advisor_model("nothing-yet", telemetry={"tasks": ["never-ran"]}))
+    await create_dask_cluster(kube_api, namespace, "sim")
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", advisor_model="demand", scaling={"mode": "Off"}))
+    async with running_operator(operator_options(namespace, tmp_path)):
+        model = await wait_until(lambda: _phase(kube_api, namespace, "demand", "Ready"), timeout=180, what="AdvisorModel Ready")
+        status = model["status"]
+        assert status["modelVersion"] == "v1" and status["records"] == 150 and status["runs"] == 1
+        assert status["trainedAt"] and status["observedGeneration"] == model["metadata"]["generation"]
+        assert 0 <= status["quality"]["coverage"] <= 1 and "promised 90%" in status["coverage"]
+        assert status["decision"] == "first model: promoted"
+        assert condition(model, "Trained")["reason"] == "Promoted"
+        assert (tmp_path / namespace / "models" / "demand" / "champion.json").is_file()
+
+        empty = await wait_until(lambda: _phase(kube_api, namespace, "nothing-yet", "InsufficientData"), timeout=120,
+                                 what="InsufficientData")
+        assert "minHistory" in empty["status"]["decision"]
+
+        async def learned():
+            wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
+            groups = (wf.get("status") or {}).get("groups") or [{}]
+            rec = groups[0].get("recommendation") or {}
+            return wf if rec.get("method") == "learned" else None
+
+        wf = await wait_until(learned, timeout=60, what="sized by the learned model")
+        assert wf["status"]["groups"][0]["recommendation"]["modelVersion"] == "v1"
+        assert condition(wf, "ModelReady")["status"] == "True"
+        assert float(wf["status"]["confidence"]) > 0
