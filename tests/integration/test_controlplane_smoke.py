@@ -30,6 +30,15 @@ async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, wh
     raise AssertionError(f"{what} not reached in {timeout} s")
 
 
+async def create(api: kr8s.asyncio.Api, obj: dict, plural: str) -> dict:
+    """POST a namespaced custom object; raises kr8s.ServerError (422 when the schema rejects it)."""
+    async with api.call_api(
+        "POST", version=obj["apiVersion"], base="/apis", namespace=obj["metadata"]["namespace"],
+        url=plural, content=json.dumps(obj),
+    ) as r:
+        return r.json()
+
+
 async def get_status(api: kr8s.asyncio.Api, **kw) -> int:
     async with api.call_api("GET", raise_for_status=False, **kw) as r:
         return r.status_code
@@ -85,14 +94,21 @@ async def test_crd_structural_schema_validates_and_defaults(kube_api, kubeconfig
             "spec": {"replicas": "many"},
         }
         with pytest.raises(kr8s.ServerError) as err:
-            await server_side_apply(kube_api, invalid, plural="widgets", field_manager="smoke")
+            await create(kube_api, invalid, "widgets")
         assert err.value.response.status_code == 422, err.value.response.text
         assert "spec.replicas" in err.value.response.text
 
         too_many = dict(invalid, spec={"replicas": 11}, metadata={"name": "big", "namespace": namespace})
         with pytest.raises(kr8s.ServerError) as err:
-            await server_side_apply(kube_api, too_many, plural="widgets", field_manager="smoke")
+            await create(kube_api, too_many, "widgets")
         assert err.value.response.status_code == 422
+        assert "less than or equal to 10" in err.value.response.text
+
+        missing = dict(invalid, spec={}, metadata={"name": "empty", "namespace": namespace})
+        with pytest.raises(kr8s.ServerError) as err:
+            await server_side_apply(kube_api, missing, plural="widgets", field_manager="smoke")
+        assert err.value.response.status_code == 422
+        assert "Required value" in err.value.response.text
 
         good = dict(invalid, spec={"replicas": 3}, metadata={"name": "good", "namespace": namespace})
         resp = await server_side_apply(kube_api, good, plural="widgets", field_manager="smoke")
@@ -116,8 +132,9 @@ async def test_dask_kubernetes_crds_are_installed_and_validate(kube_api, kube_cl
         "spec": {"cluster": "c", "worker": {"replicas": "two", "spec": {"containers": []}}},
     }
     with pytest.raises(kr8s.ServerError) as err:
-        await server_side_apply(kube_api, bad, plural="daskworkergroups", field_manager="smoke")
-    assert err.value.response.status_code == 422
+        await create(kube_api, bad, "daskworkergroups")
+    assert err.value.response.status_code == 422, err.value.response.text
+    assert "spec.worker.replicas" in err.value.response.text
 
 
 async def test_server_side_apply_reports_field_manager_conflict(kube_api, namespace):
@@ -188,8 +205,14 @@ async def test_namespace_deletion_completes(kube_api, kube_cluster):
 async def test_service_account_without_rolebinding_is_forbidden(kube_api, namespace, sa_kubeconfig):
     path = await sa_kubeconfig("operator")
     sa_api = await kr8s.asyncio.api(kubeconfig=str(path))
-    whoami = await sa_api.whoami()
-    assert whoami == f"system:serviceaccount:{namespace}:operator"
+    # SelfSubjectReview: who the API server says this token is (needs no RBAC grant).
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    async with sa_api.call_api(
+        "POST", version="authentication.k8s.io/v1", base="/apis", url="selfsubjectreviews", content=json.dumps(review)
+    ) as r:
+        user = r.json()["status"]["userInfo"]
+    assert user["username"] == f"system:serviceaccount:{namespace}:operator"
+    assert "system:serviceaccounts" in user["groups"]
     with pytest.raises(kr8s.ServerError) as err:
         async with sa_api.call_api("GET", namespace=namespace, url="configmaps"):
             pass

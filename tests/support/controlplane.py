@@ -219,6 +219,9 @@ class ControlPlane:
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
+                # The `kubernetes` Service cannot point at a loopback address; no pod
+                # needs it here, so do not reconcile its endpoints (and log errors).
+                "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
                 *self.extra_apiserver_args,

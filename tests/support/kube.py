@@ -100,7 +100,7 @@ async def install_crds(
             async with api.call_api(
                 "GET", version="apiextensions.k8s.io/v1", base="/apis", url=f"customresourcedefinitions/{name}"
             ) as r:
-                conds = {c["type"]: c["status"] for c in r.json().get("status", {}).get("conditions", [])}
+                conds = {c["type"]: c["status"] for c in (r.json().get("status") or {}).get("conditions") or []}
             if conds.get("Established") == "True":
                 break
             if loop.time() > deadline:
