@@ -51,51 +51,48 @@ SWF_FIELDS = (
 _START = re.compile(r"^;\s*UnixStartTime:\s*(-?\d+)", re.IGNORECASE)
 _STATUS = {1: TaskState.succeeded, 0: TaskState.erred, 5: TaskState.cancelled,
            3: TaskState.succeeded, 2: TaskState.erred, 4: TaskState.erred}
-_FEATURES = (("req_procs", "requested_procs", 1), ("req_time", "requested_time_s", 1),
-             ("req_mem_kb", "requested_memory_bytes", 1024), ("user", "user", 1),
-             ("group", "group", 1), ("queue", "queue", 1), ("partition", "partition", 1))
 _BATCH = 4096
 
 
-def _number(text: str) -> int | float | None:
-    try:
-        value: int | float = int(text)
-    except ValueError:
-        value = float(text)
-        if not math.isfinite(value):
-            return None
-        if value.is_integer():
-            value = int(value)
-    return None if value < 0 else value
+def _known(value: float) -> int | float | None:
+    """None for the log's unknowns (-1, any negative, NaN, inf); whole numbers as int."""
+    if not 0 <= value < math.inf:
+        return None
+    return int(value) if value.is_integer() else value
 
 
-def _observation(values: dict[str, Any], offset: float, run_id: str) -> TaskObservation:
-    user, exe = values["user"], values["exe"]
+def _observation(numbers: list[float], offset: float, run_id: str) -> TaskObservation | None:
+    (job, submit, wait, run, alloc_procs, avg_cpu, used_mem_kb, req_procs, req_time, req_mem_kb,
+     status, user, group, exe, queue, partition) = map(_known, numbers[:16])
+    if run is None or submit is None:
+        return None
     features = {}
-    for field, name, scale in _FEATURES:
-        value = values[field]
+    if req_procs is not None:
+        features["requested_procs"] = req_procs
+    if req_time is not None:
+        features["requested_time_s"] = req_time
+    if req_mem_kb is not None:
+        features["requested_memory_bytes"] = int(req_mem_kb * 1024)
+    for name, value in (("user", user), ("group", group), ("queue", queue), ("partition", partition)):
         if value is not None:
-            features[name] = value * scale
-    submitted = values["submit"] + offset
-    started = submitted + values["wait"] if values["wait"] is not None else None
-    status = values["status"]
-    state = TaskState.succeeded if status is None else _STATUS.get(int(status), TaskState.erred)
-    mem, req_mem = values["used_mem_kb"], values["req_mem_kb"]
+            features[name] = value
+    submitted = submit + offset
+    started = submitted + wait if wait is not None else None
     return TaskObservation(
         run_id=run_id,
         task=f"exe-{exe}" if exe is not None else (f"user-{user}" if user is not None else "unknown"),
         tag=f"user-{user}" if user is not None else None,
-        key=str(values["job"]) if values["job"] is not None else None,
+        key=str(job) if job is not None else None,
         input_features=features,
         submitted_at=submitted,
         started_at=started,
-        finished_at=started + values["run"] if started is not None else None,
-        duration_s=values["run"],
-        cpu_seconds=values["avg_cpu"],
-        peak_memory_bytes=int(mem * 1024) if mem is not None else None,
-        worker_resources={"cpus": values["alloc_procs"]},
-        requested={"cpus": values["req_procs"], "memory_bytes": int(req_mem * 1024) if req_mem is not None else None},
-        state=state,
+        finished_at=started + run if started is not None else None,
+        duration_s=run,
+        cpu_seconds=avg_cpu,
+        peak_memory_bytes=int(used_mem_kb * 1024) if used_mem_kb is not None else None,
+        worker_resources={"cpus": alloc_procs},
+        requested={"cpus": req_procs, "memory_bytes": int(req_mem_kb * 1024) if req_mem_kb is not None else None},
+        state=TaskState.succeeded if status is None else _STATUS.get(status, TaskState.erred),
     )
 
 
@@ -123,20 +120,22 @@ def parse_swf(
             skipped["corrupt_line"] += 1
             continue
         try:
-            values = dict(zip(SWF_FIELDS, map(_number, parts[: len(SWF_FIELDS)])))
+            numbers = [float(p) for p in parts[:16]]
         except ValueError:
             skipped["corrupt_line"] += 1
             continue
-        if values["run"] is None:
+        if not 0 <= numbers[3] < math.inf:
             skipped["unknown_run_time"] += 1
             continue
-        if values["submit"] is None:
-            skipped["unknown_submit_time"] += 1
-            continue
         try:
-            yield _observation(values, offset, run_id)
+            observation = _observation(numbers, offset, run_id)
         except ValidationError:
             skipped["invalid_record"] += 1
+            continue
+        if observation is None:
+            skipped["unknown_submit_time"] += 1
+            continue
+        yield observation
     if progress is not None:
         progress.update()
 
