@@ -36,6 +36,16 @@ def conformal_quantile(sorted_scores: np.ndarray, coverage: float) -> float:
     return float(sorted_scores[max(rank, 1) - 1])
 
 
+def _mapped(values: Mapping[str, float], keys: np.ndarray, default: float) -> np.ndarray:
+    """``values[key]`` for each key, ``default`` when absent, in one vectorised lookup."""
+    if not values:
+        return np.full(len(keys), default, dtype=float)
+    index = pd.Index(list(values), dtype=object)
+    table = np.append(np.fromiter(values.values(), dtype=float, count=len(values)), default)
+    position = index.get_indexer(np.asarray(keys, dtype=object))
+    return table[np.where(position >= 0, position, len(values))]
+
+
 @dataclass
 class _Levels:
     """Everything derived from the scores for one coverage, cached."""
@@ -121,19 +131,19 @@ class ConformalCalibrator:
 
     def thresholds(self, tasks: np.ndarray, coverage: float) -> np.ndarray:
         levels = self.levels(coverage)
-        get = levels.task_q.get
-        return np.fromiter((get(t, levels.global_q) for t in tasks), dtype=float, count=len(tasks))
+        if len(tasks) == 1:
+            return np.array([levels.task_q.get(tasks[0], levels.global_q)])
+        return _mapped(levels.task_q, tasks, levels.global_q)
 
     def miss_rates(self, tasks: np.ndarray, tags: np.ndarray, coverage: float) -> np.ndarray:
         """Measured (smoothed) held-out miss rate of each task, else of its tag, else overall."""
         levels = self.levels(coverage)
-        out = np.empty(len(tasks))
-        for i, (task, tag) in enumerate(zip(tasks, tags)):
-            rate = levels.task_miss.get(task)
-            if rate is None:
-                rate = levels.tag_miss.get(tag, levels.global_miss)
-            out[i] = rate
-        return out
+        if len(tasks) == 1:
+            rate = levels.task_miss.get(tasks[0])
+            return np.array([rate if rate is not None else levels.tag_miss.get(tags[0], levels.global_miss)])
+        by_tag = _mapped(levels.tag_miss, tags, levels.global_miss)
+        by_task = _mapped(levels.task_miss, tasks, np.nan)
+        return np.where(np.isnan(by_task), by_tag, by_task)
 
     def to_state(self) -> dict[str, Any]:
         return {

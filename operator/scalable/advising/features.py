@@ -92,8 +92,17 @@ class GroupStats:
     index: dict[str, int]
     table: np.ndarray
 
-    def lookup(self, keys: Sequence[str]) -> np.ndarray:
-        rows = np.fromiter((self.index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+    def __post_init__(self) -> None:
+        self._keys = pd.Index(list(self.index), dtype=object)
+
+    def rows(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Row of each key, -1 when unknown (one vectorised hash lookup)."""
+        if not len(self._keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        return self._keys.get_indexer(np.asarray(keys, dtype=object))
+
+    def lookup(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
+        rows = self.rows(keys)
         out = np.full((len(rows), self.table.shape[1]), np.nan)
         hit = rows >= 0
         out[hit] = self.table[rows[hit]]
@@ -208,12 +217,10 @@ class FeatureEncoder:
 
     def group_keys(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         tasks = frame["task"].astype(str)
-        tags = frame["tag"].astype(object).where(frame["tag"].notna(), None) if "tag" in frame.columns else None
-        tag_keys = (
-            np.array([_tag_key(t) for t in tags], dtype=object)
-            if tags is not None
-            else np.full(len(frame), "", dtype=object)
-        )
+        if "tag" in frame.columns:
+            tag_keys = frame["tag"].astype(object).where(frame["tag"].notna(), "").astype(str).to_numpy(dtype=object)
+        else:
+            tag_keys = np.full(len(frame), "", dtype=object)
         return {
             "task": tasks.to_numpy(dtype=object),
             "tag": tag_keys,
@@ -270,13 +277,17 @@ class FeatureEncoder:
             parts.append(_as_of_stats(keys[group], end_time, values, keys[group], submitted))
         return np.hstack(parts).astype(np.float32)
 
-    def request_frame(self, requests: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    def request_frame(
+        self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]], tags: Sequence[str | None]
+    ) -> pd.DataFrame:
         """A frame with ``task``, ``tag`` and ``feature.*`` columns for recommend requests."""
-        tasks = [str(r["task"]) for r in requests]
-        data: dict[str, Any] = {"task": tasks}
-        data["tag"] = [r.get("tag") or self.task_tags_.get(t) for r, t in zip(requests, tasks)]
+        known_tags = self.task_tags_
+        data: dict[str, Any] = {
+            "task": list(tasks),
+            "tag": [g if g is not None else known_tags.get(t) for t, g in zip(tasks, tags)],
+        }
         for name in self.input_names_:
-            data[FEATURE_PREFIX + name] = [(r.get("input_features") or {}).get(name) for r in requests]
+            data[FEATURE_PREFIX + name] = [f.get(name) for f in features]
         return pd.DataFrame(data)
 
     def transform_requests(self, frame: pd.DataFrame, state: Mapping[str, GroupStats]) -> np.ndarray:

@@ -45,6 +45,9 @@ MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
 #: rows each model type is trained on at most; the slower ones are subsampled (recorded in
 #: the metadata) so that training 1M records stays within a minute on two cores
 DEFAULT_MAX_ROWS = {"gradient_boosting": 1_000_000, "random_forest": 150_000, "quantile_regression": 10_000}
+#: the spread, cpu and duration models learn from at most the latest this many rows: they
+#: need less precision than the memory centre, and it keeps 1M records under a minute
+SECONDARY_MAX_ROWS = 300_000
 MIN_SPREAD = 0.02
 #: confidence from history: n / (n + 5) ("5 runs give basic predictions, 20+ reliable, 100+
 #: high accuracy"), where runs of the task's tag count a tenth, at most 50 of them
@@ -62,7 +65,8 @@ def _check_model_type(model_type: str) -> None:
 
 
 def _make_model(model_type: str, categorical: np.ndarray, random_state: int, role: str) -> Any:
-    """A fresh regressor of ``model_type``; ``role`` is "point" or "spread".
+    """A fresh regressor of ``model_type``; ``role`` is "point" (memory), "spread" (its error)
+    or "secondary" (cpus, duration: smaller, they need less precision).
 
     Categories reach every model as ordinal codes: the boosted trees' own categorical support
     wraps prediction in a column transformer that costs milliseconds per call, more than the
@@ -72,8 +76,8 @@ def _make_model(model_type: str, categorical: np.ndarray, random_state: int, rol
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         return HistGradientBoostingRegressor(
-            max_iter=150 if role == "point" else 60,
-            learning_rate=0.1,
+            max_iter={"point": 100, "spread": 40}.get(role, 50),
+            learning_rate=0.1 if role == "point" else 0.2,
             max_leaf_nodes=31,
             min_samples_leaf=20,
             l2_regularization=1.0,
@@ -213,11 +217,15 @@ class LearnedAdvisor(BaseEstimator):
             if len(rows) < 10:
                 continue
             say(f"model: {target}")
-            model = _make_model(self.model_type, mask, self.random_state, "point")
+            role = "point" if target == "memory" else "secondary"
+            if role == "secondary":
+                rows = rows[-SECONDARY_MAX_ROWS:]
+            model = _make_model(self.model_type, mask, self.random_state, role)
             _fit_quietly(model, X[rows], y_all[rows])
             self.models_[target] = model
             if target == "memory":
                 say("model: memory spread")
+                rows = rows[-SECONDARY_MAX_ROWS:]
                 residual = np.abs(y_all[rows] - _predict(model, X[rows]))
                 spread = _make_model(self.model_type, mask, self.random_state, "spread")
                 _fit_quietly(spread, X[rows], residual)
@@ -261,6 +269,7 @@ class LearnedAdvisor(BaseEstimator):
             "n_calibration": int(n_cal),
             "subsampled": bool(subsampled),
             "max_training_rows": int(cap),
+            "secondary_max_rows": SECONDARY_MAX_ROWS,
             "n_tasks": int(frame["task"].nunique()),
             "end_time_range": [float(frame["end_time"].min()), float(frame["end_time"].max())] if n else None,
             "seconds": round(time.perf_counter() - started, 3),
@@ -286,6 +295,10 @@ class LearnedAdvisor(BaseEstimator):
     def _reset_caches(self) -> None:
         self._single_cache: dict[tuple, Recommendation] = {}
         self._cpu_q_cache: dict[float, float] = {}
+        if hasattr(self, "encoder_"):
+            names = self.encoder_.feature_names_
+            self._n_task_column = names.index("task:memory:n")
+            self._n_tag_column = names.index("tag:memory:n")
 
     def _require_fitted(self) -> None:
         if not hasattr(self, "encoder_"):
@@ -294,8 +307,13 @@ class LearnedAdvisor(BaseEstimator):
     # --- prediction ------------------------------------------------------------------------
 
     def _memory_centre_spread(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centre and scale of the conformal score. The scale is the square root of the
+        predicted absolute error: fully normalised scores spend the miss budget evenly and
+        pay for it with very wide intervals on erratic runs; unnormalised ones ignore what
+        the spread model knows. On replayed HPC traces the square root gave the least slack
+        at the same under-provision rate."""
         centre = _predict(self.models_["memory"], X)
-        spread = np.maximum(_predict(self.models_["memory_spread"], X), MIN_SPREAD)
+        spread = np.sqrt(np.maximum(_predict(self.models_["memory_spread"], X), MIN_SPREAD))
         return centre, spread
 
     def _cpu_quantile(self, coverage: float) -> float:
@@ -386,26 +404,22 @@ class LearnedAdvisor(BaseEstimator):
         single: bool,
     ) -> list[Recommendation]:
         encoder = self.encoder_
-        counts = self.history_["task"]
-        count_of = counts.index.get
-        table = counts.table
-        n_hist = np.fromiter(
-            ((table[j, 0] if (j := count_of(t)) is not None else 0.0) for t in tasks), dtype=float, count=len(tasks)
-        )
         if not self.ready:
             reason = getattr(self, "unavailable_reason_", None) or "the model is not trained"
             return [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
+        known_tags = encoder.task_tags_
         if single:
             X = encoder.transform_one(tasks[0], features[0], tags[0], self.history_)
+            tag_array = np.array([tags[0] if tags[0] is not None else known_tags.get(tasks[0], "")], dtype=object)
         else:
-            frame = encoder.request_frame([{"task": t, "input_features": f, "tag": g} for t, f, g in zip(tasks, features, tags)])
+            frame = encoder.request_frame(tasks, features, tags)
             X = encoder.transform_requests(frame, self.history_)
+            tag_array = frame["tag"].astype(object).where(frame["tag"].notna(), "").to_numpy(dtype=object)
+        n_hist = X[:, self._n_task_column].astype(float)
+        n_tag = X[:, self._n_tag_column].astype(float)
         X = X[:, self.active_features_]
         centre, spread = self._memory_centre_spread(X)
         task_array = np.asarray(tasks, dtype=object)
-        tag_array = np.array(
-            [g if g is not None else encoder.task_tags_.get(t, "") for t, g in zip(tasks, tags)], dtype=object
-        )
         calibrator = self.calibrator_
         q = calibrator.thresholds(task_array, coverage)
         lower_q = calibrator.levels(coverage).global_lower
@@ -421,12 +435,6 @@ class LearnedAdvisor(BaseEstimator):
 
         miss = calibrator.miss_rates(task_array, tag_array, coverage)
         alpha = 1.0 - coverage
-        tag_rows = self.history_["tag"]
-        n_tag = np.fromiter(
-            ((tag_rows.table[j, 0] if (j := tag_rows.index.get(g)) is not None else 0.0) for g in tag_array),
-            dtype=float,
-            count=len(tasks),
-        )
         n_effective = n_hist + NEIGHBOUR_WEIGHT * np.minimum(n_tag, NEIGHBOUR_CAP)
         history_factor = n_effective / (n_effective + HISTORY_SCALE)
         width = upper / np.maximum(median, 1.0) - 1.0
@@ -472,7 +480,7 @@ class LearnedAdvisor(BaseEstimator):
                 basis = f"{self.model_type} model: predicted duration {dur:.1f}s" if dur is not None else "no duration model"
             memory_bytes = math.ceil(mem)
             out.append(
-                Recommendation(
+                Recommendation._trusted(
                     cpus=_whole_cpus(cpus_exact),
                     memory_bytes=memory_bytes,
                     confidence=conf,
