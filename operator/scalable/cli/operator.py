@@ -29,6 +29,8 @@ def run(
     ingest_port: int = typer.Option(8081, help="Port of the telemetry ingestion endpoint (POST /v1/runs/...)."),
     lease_namespace: str = typer.Option("scalable-system", envvar="POD_NAMESPACE", help="Namespace of the leader Lease."),
     lease_name: str = typer.Option("scalable-operator", help="Name of the leader Lease."),
+    lease_seconds: int = typer.Option(15, help="Lease duration; a standby takes over this long after the leader stops renewing."),
+    bind: str = typer.Option("0.0.0.0", help="Address the metrics and ingestion servers listen on."),
     identity: Optional[str] = typer.Option(None, envvar="POD_NAME", help="This replica's name in the Lease."),
     kubeconfig: Optional[str] = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig; in-cluster ServiceAccount without."),
     sizing_interval: float = typer.Option(300.0, help="Seconds between re-sizing checks of a workflow."),
@@ -51,9 +53,9 @@ def run(
         sizing_interval_s=sizing_interval, training_workers=training_workers,
     )
     options = RunOptions(
-        config=config, namespaces=list(namespace), clusterwide=all_namespaces, metrics_port=metrics_port,
-        ingest_port=ingest_port, lease_namespace=lease_namespace, lease_name=lease_name, identity=identity,
-        kubeconfig=kubeconfig,
+        config=config, namespaces=list(namespace), clusterwide=all_namespaces, metrics_host=bind, metrics_port=metrics_port,
+        ingest_host=bind, ingest_port=ingest_port, lease_namespace=lease_namespace, lease_name=lease_name, identity=identity,
+        kubeconfig=kubeconfig, lease_seconds=lease_seconds,
     )
     code = asyncio.run(run_operator(options))
     raise typer.Exit(code)
