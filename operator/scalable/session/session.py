@@ -302,11 +302,13 @@ class ScalableSession:
         try:
             if self.client is not None and self.collector is not None:
                 try:
+                    for topic in (TASK_TOPIC, LOST_TOPIC):
+                        self.client.dask.unsubscribe_topic(topic)
                     events = {topic: self.client.dask.get_events(topic) for topic in (TASK_TOPIC, LOST_TOPIC)}
                     self.collector.replay(events)
                 except Exception:  # noqa: BLE001 - what was recorded live stays recorded
                     logger.warning("scalable: could not replay telemetry events at close", exc_info=True)
-            if self.writer is not None:
+            if self.writer is not None and self.collector is not None:
                 self.writer.close(labels={"target": self.target_name, "tasks_recorded": str(self.collector.recorded)})
         finally:
             if self.client is not None:

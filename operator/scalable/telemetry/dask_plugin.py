@@ -234,10 +234,12 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
     def __init__(self, grace_s: float = 1.0) -> None:
         self.grace_s = grace_s
         self._memory: dict[str, int] = {}
-        self._scheduler: Any = None
+        self._pending: set[asyncio.TimerHandle] = set()
 
-    async def start(self, scheduler: Any) -> None:
-        self._scheduler = scheduler
+    async def close(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == "worker-restart-memory" and isinstance(msg, Mapping) and "worker" in msg:
@@ -245,9 +247,11 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str, **kwargs: Any) -> None:
         left = time.time()
-        asyncio.get_running_loop().call_later(self.grace_s, self._report, scheduler, worker, left)
+        handle = asyncio.get_running_loop().call_later(self.grace_s, lambda: self._report(handle, scheduler, worker, left))
+        self._pending.add(handle)
 
-    def _report(self, scheduler: Any, worker: str, left: float) -> None:
+    def _report(self, handle: asyncio.TimerHandle, scheduler: Any, worker: str, left: float) -> None:
+        self._pending.discard(handle)
         rss = self._memory.pop(worker, None)
         scheduler.log_event(LOST_TOPIC, {"worker": worker, "time": left, "memory": rss is not None, "rss": rss})
 
