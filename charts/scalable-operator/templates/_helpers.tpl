@@ -62,7 +62,7 @@ under exactly these rules and checks, from the API server's audit log, that ever
 # workflow.py / advisor_model.py write status (merge patch on the status subresource).
 - apiGroups: ["scalable.dev"]
   resources: ["scalableworkflows/status", "advisormodels/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # scaling_loop.py reads replicas and patches spec.worker.replicas; sizing.py JSON-patches the
 # worker pod template and the scalable.dev/sized annotation.
 - apiGroups: ["kubernetes.dask.org"]
