@@ -14,14 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scalable.cli.errors import USAGE_ERROR, err_console
+from scalable.cli.errors import err_console, fail
 
-
-def fail(message: str) -> typer.Exit:
-    """Like :func:`scalable.cli.errors.fail`, but never wrapped: paths make long lines, and
-    scripts reading stderr expect the one line they would grep for."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(USAGE_ERROR)
 
 app = typer.Typer(
     help="Import job history as telemetry runs and report what a runs directory holds.",
