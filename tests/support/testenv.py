@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -118,8 +119,11 @@ def spawn(
     """Start a long-running process in its own session, output to log_path.
 
     With die_with_parent the kernel sends it SIGTERM if the starting process dies (so a
-    killed pytest leaves nothing running); `hack/testenv-up.sh` turns that off.
+    killed pytest leaves nothing running); `hack/testenv-up.sh` turns that off. The kernel
+    ties this to the starting *thread*, so it is only set when called from the main thread
+    (a process started from a worker thread must not die when that thread ends).
     """
+    die_with_parent = die_with_parent and threading.current_thread() is threading.main_thread()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(

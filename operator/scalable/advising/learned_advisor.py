@@ -325,6 +325,11 @@ class LearnedAdvisor(BaseEstimator):
         return q
 
     @property
+    def model_version(self) -> str | None:
+        """The store version this advisor was saved as or loaded from (None if never stored)."""
+        return getattr(self, "model_version_", None)
+
+    @property
     def ready(self) -> bool:
         """Whether the model can answer at all (trained and calibrated); if not, every answer
         comes from the ResourceAdvisor."""

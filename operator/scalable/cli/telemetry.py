@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from scalable.cli.errors import err_console, fail
