@@ -5,7 +5,8 @@ PYTEST ?= $(PYTHON) -m pytest
 export SCALABLE_TESTENV_DIR ?= $(HOME)/.cache/scalable-testenv
 
 .PHONY: help install test test-unit test-integration test-e2e lint crds schemas bench \
-	      testenv testenv-up testenv-down demo clean
+	      testenv testenv-up testenv-down demo clean \
+	      chart-crds chart-docs manifests image kind-up kind-load deploy-kind e2e-kind kind-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,6 +30,7 @@ lint: ## layer contracts (import-linter) and generated files up to date
 
 crds: ## regenerate crds/ from the custom resource models
 	$(PYTHON) -m scalable.controller.crdgen crds
+	$(PYTHON) hack/chart_sync.py crds
 
 schemas: ## regenerate the telemetry JSON Schemas
 	$(PYTHON) -m scalable.telemetry.jsonschema operator/scalable/schemas
@@ -44,6 +46,61 @@ testenv-up: testenv ## start etcd, kube-apiserver and kube-controller-manager on
 
 testenv-down: ## stop the local control plane and remove its data
 	hack/testenv-down.sh
+
+# --- the chart, plain manifests, image and kind (issue 6) ---------------------------------
+# helm: the one on PATH, else the pinned one `make testenv` builds.
+HELM ?= $(shell command -v helm 2>/dev/null || echo $(SCALABLE_TESTENV_DIR)/bin/helm)
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= scalable
+KIND_KUBECONFIG ?= $(CURDIR)/_output/kind.kubeconfig
+IMAGE ?= scalable-operator:dev
+# The namespace the in-cluster operator watches on kind (the examples go there); test
+# namespaces are left to the operators the tests start themselves.
+KIND_DEMO_NAMESPACE ?= scalable-demo
+
+chart-crds: ## copy crds/ into the chart (charts/scalable-operator/crds); a test keeps them identical
+	$(PYTHON) hack/chart_sync.py crds
+
+chart-docs: ## regenerate the chart README's values table from the `# --` comments in values.yaml
+	$(PYTHON) hack/chart_sync.py docs
+
+manifests: testenv ## regenerate chart CRDs, values table and deploy/ (kustomize base) from the chart
+	$(PYTHON) hack/chart_sync.py all
+
+image: ## build the operator image from operator/Dockerfile (needs a Docker engine)
+	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE) .
+
+kind-up: ## create the kind cluster of kind-config.yaml (needs Docker and kind)
+	@mkdir -p $(dir $(KIND_KUBECONFIG))
+	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	@echo "export KUBECONFIG=$(KIND_KUBECONFIG)"
+
+kind-load: image ## build the image and load it into the kind cluster's nodes
+	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+deploy-kind: kind-up kind-load ## Helm-install the dask-kubernetes operator, Prometheus and ours into kind
+	$(HELM) --kubeconfig $(KIND_KUBECONFIG) upgrade --install dask-kubernetes-operator dask-kubernetes-operator \
+	  --repo https://helm.dask.org --namespace dask-operator --create-namespace --wait
+	$(HELM) --kubeconfig $(KIND_KUBECONFIG) upgrade --install prometheus prometheus \
+	  --repo https://prometheus-community.github.io/helm-charts --namespace monitoring --create-namespace \
+	  --set alertmanager.enabled=false --set prometheus-pushgateway.enabled=false \
+	  --set kube-state-metrics.enabled=false --set prometheus-node-exporter.enabled=false --wait
+	kubectl --kubeconfig $(KIND_KUBECONFIG) create namespace $(KIND_DEMO_NAMESPACE) --dry-run=client -o yaml \
+	  | kubectl --kubeconfig $(KIND_KUBECONFIG) apply -f -
+	$(HELM) --kubeconfig $(KIND_KUBECONFIG) upgrade --install scalable-operator charts/scalable-operator \
+	  --namespace scalable-system --create-namespace \
+	  --set image.repository=$(firstword $(subst :, ,$(IMAGE))) --set image.tag=$(lastword $(subst :, ,$(IMAGE))) \
+	  --set image.pullPolicy=Never --set-json 'watchNamespaces=["$(KIND_DEMO_NAMESPACE)"]' \
+	  --set operator.prometheusUrl=http://prometheus-server.monitoring.svc --wait
+	@echo "next: kubectl --kubeconfig $(KIND_KUBECONFIG) -n $(KIND_DEMO_NAMESPACE) apply -f examples/"
+
+e2e-kind: deploy-kind ## run the integration and e2e suites against the kind cluster
+	SCALABLE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PYTEST) tests/integration tests/e2e -q
+
+kind-down: ## delete the kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis
