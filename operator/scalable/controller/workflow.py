@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -182,10 +183,15 @@ class WorkflowLoop:
     async def run(self, stopped: Any) -> None:
         """Iterate until ``stopped`` (kopf's daemon stopper, or an asyncio.Event in tests)."""
         wake = self.rt.wakeup("ScalableWorkflow", self.namespace, self.name)
+        first = True
         while not _is_set(stopped):
             delay = await self.iterate()
             if delay is None:
                 return
+            if first:
+                # daemons of many workflows start together; spread their polls over the interval
+                delay *= random.uniform(0.5, 1.0)
+                first = False
             wake.clear()
             try:
                 await asyncio.wait_for(_either(stopped, wake), timeout=delay)
