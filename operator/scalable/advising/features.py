@@ -39,6 +39,9 @@ _STATS = ("n", "mean", "std", "last", "last3", "max")
 _SEP = "\x1f"
 #: categorical inputs with at most this many values are given to the model as categories
 MAX_CATEGORIES = 200
+#: inputs with more distinct values than this (continuous sizes, seeds) are left out of the
+#: configuration key: exact repeats of them are too rare to make a useful group
+MAX_CONFIG_VALUES = 1000
 
 
 def log_targets(frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,19 +64,42 @@ def _canonical(value: Any) -> str:
     return str(value)
 
 
-def config_keys(tasks: pd.Series, features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """A canonical string per row for the task and its inputs (sorted by input name)."""
-    key = tasks.astype(str).to_numpy(dtype=object)
-    for name in sorted(names):
-        column = FEATURE_PREFIX + name
-        if column not in features.columns:
-            part = np.full(len(tasks), "", dtype=object)
-        else:
-            codes, uniques = pd.factorize(features[column], use_na_sentinel=True)
-            canon = np.array([_canonical(u) for u in uniques] + [""], dtype=object)
-            part = canon[codes]
-        key = key + (_SEP + name + "=") + part
-    return key
+def _group_codes(frame: pd.DataFrame, config_names: Sequence[str]) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Integer group codes per row and the key string of each code, for every group.
+
+    Codes are hash-factorised integers (no per-row strings); only the distinct configurations
+    get their canonical key string built, once.
+    """
+    task_codes, task_uniques = pd.factorize(frame["task"].astype(str))
+    tasks = [str(t) for t in task_uniques]
+    if "tag" in frame.columns:
+        tag_values = frame["tag"].astype(object).where(frame["tag"].notna(), "").astype(str)
+    else:
+        tag_values = pd.Series("", index=frame.index)
+    tag_codes, tag_uniques = pd.factorize(tag_values)
+    parts = {"task": task_codes}
+    for name in config_names:
+        column = frame.get(FEATURE_PREFIX + name)
+        parts[name] = pd.factorize(column)[0] if column is not None else np.full(len(frame), -1)
+    if len(config_names):
+        config_codes = pd.DataFrame(parts).groupby(list(parts), sort=False).ngroup().to_numpy()
+        _, first = np.unique(config_codes, return_index=True)
+        values = {
+            name: (frame[FEATURE_PREFIX + name].to_numpy(dtype=object)[first] if FEATURE_PREFIX + name in frame.columns
+                   else [None] * len(first))
+            for name in config_names
+        }
+        config_keys = [
+            single_config_key(tasks[task_codes[row]], {n: values[n][i] for n in config_names}, config_names)
+            for i, row in enumerate(first)
+        ]
+    else:
+        config_codes, config_keys = task_codes, [single_config_key(t, {}, ()) for t in tasks]
+    return {
+        "task": (task_codes, tasks),
+        "tag": (tag_codes, [str(t) for t in tag_uniques]),
+        "config": (np.asarray(config_codes), config_keys),
+    }
 
 
 def single_config_key(task: str, features: Mapping[str, Any], names: Sequence[str]) -> str:
@@ -115,27 +141,29 @@ class GroupStats:
 
 
 def _as_of_stats(
-    keys: np.ndarray, end_time: np.ndarray, values: np.ndarray, query_keys: np.ndarray, query_time: np.ndarray
+    event_codes: np.ndarray, end_time: np.ndarray, values: np.ndarray, query_codes: np.ndarray, query_time: np.ndarray
 ) -> np.ndarray:
-    """Statistics of ``values`` over the events of the same key that ended strictly before each
-    query time: count, mean, std, last, mean of the last three, max (NaN-free count of finite
-    values; NaN statistics where there is none)."""
-    all_keys = np.concatenate([keys, query_keys])
-    codes, _ = pd.factorize(all_keys)
-    event_codes, query_codes = codes[: len(keys)], codes[len(keys):]
+    """Statistics of ``values`` over the events of the same group (integer codes) that ended
+    strictly before each query time: count of finite values, mean, std, last, mean of the
+    last three, max (NaN where there is none)."""
     times = np.concatenate([end_time, query_time])
     time_rank = np.unique(times, return_inverse=True)[1].astype(np.int64)
     scale = int(time_rank.max()) + 2 if len(time_rank) else 2
-    event_key = event_codes.astype(np.int64) * scale + time_rank[: len(keys)]
-    query_key = query_codes.astype(np.int64) * scale + time_rank[len(keys):]
+    event_codes = np.asarray(event_codes, dtype=np.int64)
+    query_codes = np.asarray(query_codes, dtype=np.int64)
+    event_key = event_codes * scale + time_rank[: len(event_codes)]
+    query_key = query_codes * scale + time_rank[len(event_codes):]
 
     n_targets = values.shape[1]
-    out = np.full((len(query_keys), n_targets * len(_STATS)), np.nan)
+    out = np.full((len(query_codes), n_targets * len(_STATS)), np.nan)
     order = np.argsort(event_key, kind="stable")
     sorted_key = event_key[order]
     sorted_codes = event_codes[order]
-    group_start = np.searchsorted(sorted_key, query_codes.astype(np.int64) * scale, side="left")
-    position = np.searchsorted(sorted_key, query_key, side="left")
+    n_codes = int(max(event_codes.max(initial=-1), query_codes.max(initial=-1))) + 1
+    group_start = np.searchsorted(sorted_key, np.arange(n_codes, dtype=np.int64) * scale, side="left")[query_codes]
+    query_order = np.argsort(query_key, kind="stable")
+    position = np.empty(len(query_key), dtype=np.int64)
+    position[query_order] = np.searchsorted(sorted_key, query_key[query_order], side="left")
 
     for t in range(n_targets):
         x = values[order, t]
@@ -198,6 +226,9 @@ class FeatureEncoder:
             else:
                 values = sorted({_canonical(v) for v in column.dropna().unique()})
                 self.categorical_[name] = {v: i for i, v in enumerate(values)}
+        self.config_names_: list[str] = [
+            name for name in self.input_names_ if frame[FEATURE_PREFIX + name].nunique() <= MAX_CONFIG_VALUES
+        ]
         tasks = sorted(frame["task"].astype(str).unique())
         self.task_codes_: dict[str, int] = {t: i for i, t in enumerate(tasks)}
         self.feature_names_: list[str] = (
@@ -216,34 +247,27 @@ class FeatureEncoder:
     # --- history state ---------------------------------------------------------------------
 
     def group_keys(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        tasks = frame["task"].astype(str)
-        if "tag" in frame.columns:
-            tag_keys = frame["tag"].astype(object).where(frame["tag"].notna(), "").astype(str).to_numpy(dtype=object)
-        else:
-            tag_keys = np.full(len(frame), "", dtype=object)
-        return {
-            "task": tasks.to_numpy(dtype=object),
-            "tag": tag_keys,
-            "config": config_keys(tasks, frame, self.input_names_),
-        }
+        """The key string of each row's task, tag and configuration group."""
+        keys = {}
+        for group, (codes, uniques) in _group_codes(frame, self.config_names_).items():
+            keys[group] = np.asarray(uniques, dtype=object)[codes] if len(codes) else np.zeros(0, dtype=object)
+        return keys
 
     def history(self, frame: pd.DataFrame) -> dict[str, GroupStats]:
         """Per-group statistics once every run in ``frame`` is known."""
-        keys = self.group_keys(frame)
         values = log_targets(frame).to_numpy()
         end_time = frame["end_time"].to_numpy(dtype=float)
         state: dict[str, GroupStats] = {}
-        for group in GROUPS:
-            unique = pd.unique(keys[group])
-            table = _as_of_stats(keys[group], end_time, values, unique, np.full(len(unique), np.inf))
-            state[group] = GroupStats({str(k): i for i, k in enumerate(unique)}, table)
-        tags = frame[["task", "tag"]].dropna() if "tag" in frame.columns else None
-        state_tags = (
-            {str(k): _tag_key(v) for k, v in tags.groupby("task", sort=False)["tag"].last().items()}
-            if tags is not None and len(tags)
-            else {}
-        )
-        self.task_tags_ = state_tags
+        for group, (codes, uniques) in _group_codes(frame, self.config_names_).items():
+            every = np.arange(len(uniques))
+            table = _as_of_stats(codes, end_time, values, every, np.full(len(every), np.inf))
+            state[group] = GroupStats({k: i for i, k in enumerate(uniques)}, table)
+        if "tag" in frame.columns and len(frame):
+            tags = frame[["task", "tag"]].dropna()
+            last = tags.groupby("task", sort=False)["tag"].last()
+            self.task_tags_ = {str(k): _tag_key(v) for k, v in last.items()}
+        else:
+            self.task_tags_ = {}
         return state
 
     # --- matrices ----------------------------------------------------------------------------
@@ -268,14 +292,16 @@ class FeatureEncoder:
     def transform_training(self, frame: pd.DataFrame) -> np.ndarray:
         """Features of each row with history as of its submission (no row sees itself or
         any run that finished after it was submitted)."""
-        keys = self.group_keys(frame)
         values = log_targets(frame).to_numpy()
         end_time = frame["end_time"].to_numpy(dtype=float)
         submitted = frame["submitted_at"].to_numpy(dtype=float)
-        parts = [self._inputs(frame)]
-        for group in GROUPS:
-            parts.append(_as_of_stats(keys[group], end_time, values, keys[group], submitted))
-        return np.hstack(parts).astype(np.float32)
+        out = np.empty((len(frame), len(self.feature_names_)), dtype=np.float32)
+        out[:, : self.n_inputs_ + 1] = self._inputs(frame)
+        width = len(TARGET_COLUMNS) * len(_STATS)
+        for g, (codes, _) in enumerate(_group_codes(frame, self.config_names_).values()):
+            start = self.n_inputs_ + 1 + g * width
+            out[:, start : start + width] = _as_of_stats(codes, end_time, values, codes, submitted)
+        return out
 
     def request_frame(
         self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]], tags: Sequence[str | None]
@@ -312,7 +338,7 @@ class FeatureEncoder:
         width = len(TARGET_COLUMNS) * len(_STATS)
         tag_key = _tag_key(tag if tag is not None else self.task_tags_.get(task))
         for g, (group, key) in enumerate(
-            (("task", task), ("tag", tag_key), ("config", single_config_key(task, features, self.input_names_)))
+            (("task", task), ("tag", tag_key), ("config", single_config_key(task, features, self.config_names_)))
         ):
             start = self.n_inputs_ + 1 + g * width
             stats = state[group].row(key)
@@ -331,6 +357,7 @@ class FeatureEncoder:
     def to_state(self) -> dict[str, Any]:
         return {
             "input_names": list(self.input_names_),
+            "config_names": list(self.config_names_),
             "numeric": list(self.numeric_),
             "categorical": {k: list(v) for k, v in self.categorical_.items()},
             "tasks": list(self.task_codes_),
@@ -342,6 +369,7 @@ class FeatureEncoder:
         encoder = cls()
         names = list(state["input_names"])
         encoder.input_names_ = names
+        encoder.config_names_ = list(state["config_names"])
         encoder.numeric_ = list(state["numeric"])
         encoder.categorical_ = {k: {v: i for i, v in enumerate(values)} for k, values in state["categorical"].items()}
         encoder.task_codes_ = {t: i for i, t in enumerate(state["tasks"])}
