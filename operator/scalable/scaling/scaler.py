@@ -16,7 +16,8 @@ threads per worker); it exceeds 1 when tasks wait. Thresholds apply to it:
   into work-seconds with the predicted durations; that work over the horizon is the
   predicted load (busy threads). The group is scaled up as soon as the predicted load
   crosses the threshold, before the queue fills, and is not scaled up for a queue the
-  current workers will clear within the horizon anyway.
+  current workers will clear within the horizon anyway. It never asks for more threads
+  than there are tasks (queued, running and forecast), however long they are.
 
 Bounds are never left, a tag changes at most once per ``cooldown_seconds`` (bound repairs
 excepted), and a scale-down never goes below the workers that are busy.
@@ -344,7 +345,9 @@ class AdaptiveScaler:
         load = work / horizon
         capacity = snap.workers * snap.threads_per_worker
         predicted_util = self._utilisation(load, capacity)
-        wanted = max(self._workers_for(load, snap.threads_per_worker), math.ceil(snap.processing / snap.threads_per_worker))
+        tasks = snap.queued + snap.processing + math.ceil(arriving)
+        wanted = min(self._workers_for(load, snap.threads_per_worker), math.ceil(tasks / snap.threads_per_worker))
+        wanted = max(wanted, math.ceil(snap.processing / snap.threads_per_worker))
         seen = (
             f"predictive: ({snap.queued} queued + {snap.processing} processing/2 + {arriving:.1f} arriving in "
             f"{horizon:.0f}s) x {mean:.2f}s predicted (confidence {prediction.confidence:.2f}) = "

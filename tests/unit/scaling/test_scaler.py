@@ -213,3 +213,9 @@ def test_no_sequence_of_snapshots_leaves_bounds_or_retires_busy_workers(steps, l
             busy = state["workers"] - state["idle_workers"] if state["idle_workers"] is not None else min(state["workers"], state["queued"] + state["processing"])
             assert decision.to_workers >= busy
             assert state["workers"] - decision.to_workers <= down_step
+
+
+def test_predictive_never_asks_for_more_threads_than_tasks():
+    scaler = AdaptiveScaler(advisor=_FixedAdvisor(duration=600.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10)
+    decision = scaler.evaluate(snap(queued=2, processing=1, workers=1, task="long"), now=0)
+    assert decision.targets["demeter"] == 3, "three ten-minute tasks need three threads, not sixty"
