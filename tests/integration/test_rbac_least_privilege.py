@@ -1,4 +1,11 @@
-"""Least privilege, proven: the chart's RBAC is enough for the operator, and none of it is unused.
+"""The chart installed on a real API server; least privilege, proven.
+
+Helm: `helm install` puts the operator's objects in place and the chart's CRDs Established (this
+control plane gets only dask-kubernetes' CRDs from the test, ours come from the chart's crds/);
+`helm upgrade` keeps the telemetry PVC (same object, same uid); `helm uninstall` leaves it, and a
+new install adopts it again. There is no kubelet, so the PVC object and its uid stand for its data.
+
+Least privilege: the chart's RBAC is enough for the operator, and none of it is unused.
 
 A control plane of its own (kube-apiserver with the RBAC authorizer and an audit log of every
 request the operator's ServiceAccount makes). The chart's rendered ServiceAccount, ClusterRole,
@@ -40,9 +47,19 @@ from tests.integration.harness import (
     wait_until,
     write_history,
 )
-from tests.support.chart import RELEASE, RELEASE_NAMESPACE, apply_documents, find, operator_args, rbac_documents, render
+from tests.support.chart import (
+    CHART_DIR,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    apply_documents,
+    find,
+    helm,
+    operator_args,
+    rbac_documents,
+    render,
+)
 from tests.support.controlplane import ControlPlane, ControlPlaneError
-from tests.support.kube import dask_kubernetes_crd_files, install_crds, repo_crd_files, server_side_apply, service_account_kubeconfig
+from tests.support.kube import dask_kubernetes_crd_files, install_crds, server_side_apply, service_account_kubeconfig
 from tests.support.testenv import MissingBinaryError, free_ports, tail, terminate
 
 OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
@@ -129,9 +146,13 @@ def test_the_check_flags_a_grant_the_operator_never_used():
 # --------------------------------------------------------------------------------------
 # The proof against the real API server
 # --------------------------------------------------------------------------------------
+HELM_RELEASE, HELM_NAMESPACE = "scalable-helm", "helm-test"
+HELM_FULLNAME = f"{HELM_RELEASE}-scalable-operator"
+
+
 class AuditedCluster:
-    def __init__(self, cp: ControlPlane, audit_log: Path) -> None:
-        self.cp, self.audit_log = cp, audit_log
+    def __init__(self, cp: ControlPlane, audit_log: Path, install_output: str) -> None:
+        self.cp, self.audit_log, self.install_output = cp, audit_log, install_output
 
     def events(self) -> list[dict]:
         out = []
@@ -155,10 +176,56 @@ def audited_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audite
     except (MissingBinaryError, ControlPlaneError) as e:
         pytest.fail(f"the least-privilege test needs its own control plane: {e}", pytrace=False)
     try:
-        asyncio.run(install_crds(cp.kubeconfig, dask_kubernetes_crd_files() + repo_crd_files()))
-        yield AuditedCluster(cp, audit_log)
+        asyncio.run(install_crds(cp.kubeconfig, dask_kubernetes_crd_files()))
+        # our CRDs come from the chart; no --wait: without a kubelet no pod ever runs here
+        out = helm("install", HELM_RELEASE, str(CHART_DIR), "--namespace", HELM_NAMESPACE, "--create-namespace",
+                   kubeconfig=cp.kubeconfig).stdout
+        yield AuditedCluster(cp, audit_log, out)
     finally:
         cp.stop()
+
+
+async def _get_json(api: Any, version: str, url: str, namespace: str | None = None) -> dict | None:
+    async with api.call_api("GET", version=version, namespace=namespace, url=url, raise_for_status=False) as r:
+        return r.json() if r.status_code == 200 else None
+
+
+async def test_helm_install_upgrade_uninstall_keep_the_telemetry_pvc(audited_cluster: AuditedCluster):
+    cp = audited_cluster.cp
+    api = await kr8s.asyncio.api(kubeconfig=str(cp.kubeconfig))
+    ns = HELM_NAMESPACE
+    for version, url, namespace in [
+        ("apps/v1", f"deployments/{HELM_FULLNAME}", ns), ("v1", f"serviceaccounts/{HELM_FULLNAME}", ns),
+        ("v1", f"services/{HELM_FULLNAME}", ns), ("policy/v1", f"poddisruptionbudgets/{HELM_FULLNAME}", ns),
+        ("rbac.authorization.k8s.io/v1", f"clusterroles/{HELM_FULLNAME}", None),
+        ("rbac.authorization.k8s.io/v1", f"clusterrolebindings/{HELM_FULLNAME}", None),
+        ("rbac.authorization.k8s.io/v1", f"roles/{HELM_FULLNAME}-leader", ns),
+        ("rbac.authorization.k8s.io/v1", f"rolebindings/{HELM_FULLNAME}-leader", ns),
+    ]:
+        assert await _get_json(api, version, url, namespace), f"helm install did not create {url}"
+    for crd in ("advisormodels.scalable.dev", "scalableworkflows.scalable.dev"):
+        obj = await _get_json(api, "apiextensions.k8s.io/v1", f"customresourcedefinitions/{crd}")
+        assert obj, f"the chart's crds/ did not install {crd}"
+        conditions = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+        assert conditions.get("Established") == "True", conditions
+    assert "kubectl apply -n <your-namespace> -f examples/" in audited_cluster.install_output, "NOTES.txt says what to do next"
+
+    claim = f"persistentvolumeclaims/{HELM_FULLNAME}-telemetry"
+    pvc = await _get_json(api, "v1", claim, ns)
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    uid = pvc["metadata"]["uid"]
+
+    helm("upgrade", HELM_RELEASE, str(CHART_DIR), "--namespace", ns, "--reuse-values", "--set", "operator.verbose=true",
+         kubeconfig=cp.kubeconfig)
+    deployment = await _get_json(api, "apps/v1", f"deployments/{HELM_FULLNAME}", ns)
+    assert "--verbose" in deployment["spec"]["template"]["spec"]["containers"][0]["args"], "the upgrade was applied"
+    assert (await _get_json(api, "v1", claim, ns))["metadata"]["uid"] == uid, "helm upgrade replaced the telemetry PVC"
+
+    helm("uninstall", HELM_RELEASE, "--namespace", ns, kubeconfig=cp.kubeconfig)
+    assert await _get_json(api, "apps/v1", f"deployments/{HELM_FULLNAME}", ns) is None
+    assert (await _get_json(api, "v1", claim, ns))["metadata"]["uid"] == uid, "helm uninstall deleted the telemetry PVC"
+    helm("install", HELM_RELEASE, str(CHART_DIR), "--namespace", ns, kubeconfig=cp.kubeconfig)
+    assert (await _get_json(api, "v1", claim, ns))["metadata"]["uid"] == uid, "a new install adopts the kept PVC"
 
 
 def _scalable_executable() -> list[str]:
