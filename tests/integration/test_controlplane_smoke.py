@@ -278,3 +278,27 @@ def test_missing_prometheus_fails_naming_the_install_script(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingBinaryError, match=r"hack/install-system-deps\.sh"):
         PrometheusServer(workdir=tmp_path / "prom").start()
+
+
+def test_start_failure_reports_each_components_log(tmp_path, monkeypatch):
+    """A component that dies at start makes start() fail with the tail of every log."""
+    from tests.support.controlplane import ControlPlaneError
+
+    v = testenv.versions()
+    fake = tmp_path / "env"
+    (fake / f"etcd-{v['ETCD_VERSION']}").mkdir(parents=True)
+    (fake / f"etcd-{v['ETCD_VERSION']}" / "etcd").symlink_to(testenv.binary("etcd"))
+    kube = fake / f"kubernetes-{v['KUBERNETES_VERSION']}"
+    kube.mkdir()
+    for name in ("kube-apiserver", "kube-controller-manager"):
+        (kube / name).write_text("#!/bin/sh\necho 'E0000 refusing to start: flag --nonsense' >&2\nexit 3\n")
+        (kube / name).chmod(0o755)
+    monkeypatch.setenv("SCALABLE_TESTENV_DIR", str(fake))
+    cp = ControlPlane(tmp_path / "cp")
+    with pytest.raises(ControlPlaneError) as err:
+        cp.start(timeout=30)
+    msg = str(err.value)
+    assert "kube-apiserver exited with code 3" in msg
+    assert "last 40 lines of kube-apiserver" in msg and "refusing to start: flag --nonsense" in msg
+    assert "last 40 lines of etcd" in msg
+    assert not cp.procs  # etcd was stopped again

@@ -148,9 +148,13 @@ class ControlPlane:
     # -- lifecycle --------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> "ControlPlane":
         t0 = time.monotonic()
-        bins = {name: binary(name) for name in COMPONENTS}  # MissingBinaryError first
-        if not shutil.which("openssl"):
-            raise MissingBinaryError("openssl is not on PATH; run `hack/install-system-deps.sh`")
+        try:
+            bins = {name: binary(name) for name in COMPONENTS}  # MissingBinaryError first
+            if not shutil.which("openssl"):
+                raise MissingBinaryError("openssl is not on PATH; run `hack/install-system-deps.sh`")
+        except MissingBinaryError:
+            self.stop()  # removes the (empty) directory it made
+            raise
         try:
             self._start(bins, t0 + timeout)
         except BaseException as exc:
