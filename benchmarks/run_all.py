@@ -108,13 +108,18 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
     lines += ["## Runtime prediction, CTC-SP2 and HPC2N", ""]
     if rt:
         lines += [f"`{rt['command']}` ({rt['date']}, load {rt['machine']['load_avg_1_5_15']}, {rt['wall_seconds']} s)", ""]
+        def num(x, fmt=",.0f"):
+            return "n/a" if x is None else format(x, fmt)
+
         for name, res in rt["traces"].items():
+            answered = res.get("answer_rate", {}).get("LearnedAdvisor")
             lines += [f"**{name}**: {res['n_scored']} jobs scored (later half of the {res['jobs_replayed']} latest of "
-                      f"{res['jobs_in_trace']}), all predictors on the same jobs.", "",
+                      f"{res['jobs_in_trace']}); references on the same jobs; the LearnedAdvisor gave a duration for "
+                      f"{_pct(answered)} of them and its row is scored on those.", "",
                       "| predictor | MAE (s) | median abs error (s) | under-predicted | mean bias (s) |", "|---|---|---|---|---|"]
             for pred, s in res["scores"].items():
-                lines.append(f"| {pred} | {s['mae_s']:,.0f} | {s['median_abs_error_s']:,.0f} | "
-                             f"{_pct(s['under_prediction_rate'])} | {s['mean_bias_s']:+,.0f} |")
+                lines.append(f"| {pred} | {num(s['mae_s'])} | {num(s['median_abs_error_s'])} | "
+                             f"{_pct(s['under_prediction_rate'])} | {num(s['mean_bias_s'], '+,.0f')} |")
             lines.append("")
     else:
         lines += ["(no result yet: `python benchmarks/bench_runtime.py`)", ""]
