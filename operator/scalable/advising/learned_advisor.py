@@ -231,6 +231,10 @@ class LearnedAdvisor(BaseEstimator):
                 _fit_quietly(spread, X[rows], residual)
                 self.models_["memory_spread"] = spread
 
+        rng = np.random.default_rng(self.random_state)
+        self.sample_rows_ = X[rng.choice(len(X), size=min(len(X), 32), replace=False)] if len(X) else X[:0]
+        self._build_flat()
+
         say("calibration")
         self.calibrator_: ConformalCalibrator | None = None
         self.cpu_scores_ = np.zeros(0)
@@ -295,6 +299,8 @@ class LearnedAdvisor(BaseEstimator):
     def _reset_caches(self) -> None:
         self._single_cache: dict[tuple, Recommendation] = {}
         self._cpu_q_cache: dict[float, float] = {}
+        if not hasattr(self, "_flat"):
+            self._flat = {}
         if hasattr(self, "encoder_"):
             names = self.encoder_.feature_names_
             self._n_task_column = names.index("task:memory:n")
@@ -312,9 +318,24 @@ class LearnedAdvisor(BaseEstimator):
         pay for it with very wide intervals on erratic runs; unnormalised ones ignore what
         the spread model knows. On replayed HPC traces the square root gave the least slack
         at the same under-provision rate."""
-        centre = _predict(self.models_["memory"], X)
-        spread = np.sqrt(np.maximum(_predict(self.models_["memory_spread"], X), MIN_SPREAD))
+        centre = self._predict("memory", X)
+        spread = np.sqrt(np.maximum(self._predict("memory_spread", X), MIN_SPREAD))
         return centre, spread
+
+    def _predict(self, name: str, X: np.ndarray) -> np.ndarray:
+        if len(X) == 1:
+            flat = self._flat.get(name)
+            if flat is not None:
+                return np.array([flat.predict_one(X[0].astype(np.float64))])
+        return _predict(self.models_[name], X)
+
+    def _build_flat(self) -> None:
+        """Flatten the tree models for fast one-row answers (checked against ``predict``)."""
+        from scalable.advising.fast_predict import flatten
+
+        sample = getattr(self, "sample_rows_", None)
+        self._flat = {name: flatten(model, sample) for name, model in self.models_.items()} if sample is not None else {}
+        self._flat = {name: flat for name, flat in self._flat.items() if flat is not None}
 
     def _cpu_quantile(self, coverage: float) -> float:
         q = self._cpu_q_cache.get(coverage)
@@ -435,8 +456,8 @@ class LearnedAdvisor(BaseEstimator):
         floors = np.fromiter((self._oom_floor(t) for t in tasks), dtype=float, count=len(tasks))
         memory = np.maximum(np.maximum(upper, self.min_memory_bytes_), floors)
 
-        cpus = np.exp(_predict(self.models_["cpus"], X) + self._cpu_quantile(coverage)) if "cpus" in self.models_ else None
-        duration = np.exp(_predict(self.models_["duration"], X)) if "duration" in self.models_ else None
+        cpus = np.exp(self._predict("cpus", X) + self._cpu_quantile(coverage)) if "cpus" in self.models_ else None
+        duration = np.exp(self._predict("duration", X)) if "duration" in self.models_ else None
 
         miss = calibrator.miss_rates(task_array, tag_array, coverage)
         alpha = 1.0 - coverage
@@ -575,6 +596,7 @@ class LearnedAdvisor(BaseEstimator):
             "calibration": self.calibrator_.to_state() if self.calibrator_ is not None else None,
             "cpu_scores": self.cpu_scores_,
             "active_features": self.active_features_,
+            "sample_rows": self.sample_rows_,
             "fallback": self.fallback_.to_state(),
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
@@ -632,7 +654,9 @@ class LearnedAdvisor(BaseEstimator):
         advisor.quality_ = dict(metadata.get("quality") or {})
         advisor.training_ = dict(metadata.get("training") or {})
         advisor.model_version_ = version
+        advisor.sample_rows_ = np.asarray(payload["sample_rows"], dtype=np.float32)
         advisor._reset_caches()
+        advisor._build_flat()
         return advisor
 
     @classmethod
