@@ -42,9 +42,10 @@ from scalable.units import format_memory, parse_memory
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
 
 MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
-#: rows each model type is trained on at most; the slower ones are subsampled (recorded in
-#: the metadata) so that training 1M records stays within a minute on two cores
-DEFAULT_MAX_ROWS = {"gradient_boosting": 1_000_000, "random_forest": 150_000, "quantile_regression": 10_000}
+#: the latest rows each model type is trained on at most (the training metadata records it):
+#: enough to learn from, and what keeps training 1M records within a minute and 2 GiB on two
+#: cores (the boosted trees copy their input to float64 before binning it)
+DEFAULT_MAX_ROWS = {"gradient_boosting": 500_000, "random_forest": 150_000, "quantile_regression": 10_000}
 #: the spread, cpu and duration models learn from at most the latest this many rows: they
 #: need less precision than the memory centre, and it keeps 1M records under a minute
 SECONDARY_MAX_ROWS = 300_000
