@@ -48,6 +48,9 @@ def run(
         typer.echo("error: --namespace and --all-namespaces exclude each other", err=True)
         raise typer.Exit(2)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # one line per HTTP request costs real CPU with hundreds of workflows polling
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     config = OperatorConfig(
         telemetry_path=str(telemetry_path), prometheus_url=prometheus_url, scheduler_url_template=scheduler_url or None,
         sizing_interval_s=sizing_interval, training_workers=training_workers,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import string
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +52,22 @@ class Runtime:
     wakeups: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     advisors: Any = None
     trainer: Any = None
+    _autoscalers: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = TelemetryRoot(self.config.telemetry_path)
         self.recorder = OperatorRecorder(self.root)
+
+    async def autoscalers(self, namespace: str, max_age_s: float = 5.0) -> list[dict[str, Any]]:
+        """DaskAutoscalers of a namespace, listed at most every ``max_age_s`` (shared by all
+        workflows there, so 500 workflows do not list them 500 times per poll interval)."""
+        cached = self._autoscalers.get(namespace)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
+        items = await self.kube.list("DaskAutoscaler", namespace)
+        self._autoscalers[namespace] = (now, items)
+        return items
 
     def wakeup(self, kind: str, namespace: str, name: str) -> asyncio.Event:
         key = (kind, namespace, name)

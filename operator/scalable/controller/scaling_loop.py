@@ -53,6 +53,12 @@ class PollDeps:
     prometheus: MetricsFn
     scheduler: SchedulerFn | None = None
     record: RecordFn | None = None
+    autoscalers: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
+
+    async def list_autoscalers(self, namespace: str) -> list[dict[str, Any]]:
+        if self.autoscalers is not None:
+            return await self.autoscalers(namespace)
+        return await self.kube.list("DaskAutoscaler", namespace)
 
 
 @dataclass
@@ -225,7 +231,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
     if spec.scaling.mode == "Off":
         result.condition("Scaling", False, "ScalingOff", "spec.scaling.mode is Off: replicas are left alone")
         return result
-    conflict = _conflicting_autoscaler(await deps.kube.list("DaskAutoscaler", namespace), cluster_name)
+    conflict = _conflicting_autoscaler(await deps.list_autoscalers(namespace), cluster_name)
     if conflict is not None:
         result.condition(
             "Scaling", False, "ConflictingAutoscaler",

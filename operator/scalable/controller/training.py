@@ -206,11 +206,27 @@ class AdvisorProvider:
         self.history_ttl_s = history_ttl_s
         self._learned: dict[tuple[str, str, str], Any] = {}
         self._percentile: dict[str, tuple[float, Any]] = {}
+        # one load per namespace or model at a time: hundreds of daemons start together and
+        # would otherwise all read the same history at once
+        self._locks: dict[Any, asyncio.Lock] = {}
+
+    def _lock(self, key: Any) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
 
     async def percentile(self, namespace: str) -> Any:
         cached = self._percentile.get(namespace)
         if cached is not None and time.monotonic() - cached[0] < self.history_ttl_s:
             return cached[1]
+        async with self._lock(("percentile", namespace)):
+            cached = self._percentile.get(namespace)
+            if cached is not None and time.monotonic() - cached[0] < self.history_ttl_s:
+                return cached[1]
+            return await self._fit_percentile(namespace)
+
+    async def _fit_percentile(self, namespace: str) -> Any:
 
         def fit() -> Any:
             from scalable.advising.resource_advisor import ResourceAdvisor
@@ -231,12 +247,15 @@ class AdvisorProvider:
         key = (namespace, name, champion["version"])
         advisor = self._learned.get(key)
         if advisor is None:
-            from scalable.advising.learned_advisor import LearnedAdvisor
+            async with self._lock(("learned", namespace, name)):
+                advisor = self._learned.get(key)
+                if advisor is None:
+                    from scalable.advising.learned_advisor import LearnedAdvisor
 
-            advisor = await asyncio.to_thread(LearnedAdvisor.load, model_dir, MODEL_NAME, champion["version"])
-            for old in [k for k in self._learned if k[:2] == key[:2]]:
-                del self._learned[old]
-            self._learned[key] = advisor
+                    advisor = await asyncio.to_thread(LearnedAdvisor.load, model_dir, MODEL_NAME, champion["version"])
+                    for old in [k for k in self._learned if k[:2] == key[:2]]:
+                        del self._learned[old]
+                    self._learned[key] = advisor
         return advisor, champion["version"]
 
     def forget(self, namespace: str, name: str) -> None:

@@ -258,7 +258,8 @@ class WorkflowLoop:
             updates += sizing_result.conditions
             events += sizing_result.events
 
-        deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record)
+        deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record,
+                        autoscalers=rt.autoscalers)
         poll = await poll_once(deps, body, self.scaler, now)
         updates += poll.conditions
         events += poll.events
