@@ -75,22 +75,29 @@ class ArrivalForecaster:
         )
         return self.state
 
+    @property
+    def _damping_s(self) -> float:
+        return self.trend_half_life_s / math.log(2)
+
     def rate(self, ahead_s: float = 0.0) -> float:
-        """Forecast arrival rate (tasks per second) ``ahead_s`` seconds after the last snapshot."""
+        """Forecast arrival rate (tasks per second) ``ahead_s`` seconds after the last snapshot.
+
+        The trend is damped (Gardner's damped Holt): it adds at most ``trend x tau`` with
+        ``tau = trend_half_life_s / ln 2``, so a wave caught at its steepest is not
+        extrapolated into an ever faster one.
+        """
         if self.state is None or self.state.observations == 0:
             return 0.0
-        return max(0.0, self.state.level + self.state.trend * ahead_s)
+        tau = self._damping_s
+        return max(0.0, self.state.level + self.state.trend * tau * (1.0 - math.exp(-max(0.0, ahead_s) / tau)))
 
-    def arrivals(self, horizon_s: float) -> float:
-        """Expected number of tasks to arrive within ``horizon_s``: the rate integrated.
+    def arrivals(self, horizon_s: float, steps: int = 64) -> float:
+        """Expected number of tasks to arrive within ``horizon_s``: the forecast rate integrated.
 
-        The trend is integrated only while it keeps the rate positive, so a falling wave
-        forecasts a tail that ends, not negative arrivals.
+        Integrated numerically (midpoint rule) so that a falling forecast stops at zero
+        instead of subtracting arrivals.
         """
         if self.state is None or self.state.observations == 0 or horizon_s <= 0:
             return 0.0
-        level, trend = self.state.level, self.state.trend
-        end = horizon_s
-        if trend < 0:
-            end = min(horizon_s, level / -trend) if level > 0 else 0.0
-        return max(0.0, level * end + 0.5 * trend * end * end)
+        dt = horizon_s / steps
+        return sum(self.rate((i + 0.5) * dt) for i in range(steps)) * dt

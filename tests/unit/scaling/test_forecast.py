@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scalable.scaling.forecast import ArrivalForecaster
@@ -36,3 +38,16 @@ def test_no_history_forecasts_nothing_and_time_must_advance():
     assert forecaster.arrivals(30) == 0
     with pytest.raises(ValueError):
         ArrivalForecaster(half_life_s=0)
+
+
+def test_a_steep_wave_is_not_extrapolated_without_bound():
+    forecaster = ArrivalForecaster(half_life_s=2.0, trend_half_life_s=4.0)
+    submitted = 0
+    for second in range(8):
+        submitted += 2 * second
+        forecaster.observe(second, submitted)
+    state = forecaster.state
+    assert state.trend > 0
+    ceiling = state.level + state.trend * 4.0 / math.log(2)
+    assert forecaster.rate(1000) == pytest.approx(ceiling, rel=1e-6)
+    assert forecaster.arrivals(10) < ceiling * 10
