@@ -99,6 +99,10 @@ deploy-kind: kind-up kind-load ## Helm-install the dask-kubernetes operator, Pro
 e2e-kind: deploy-kind ## run the integration and e2e suites against the kind cluster
 	SCALABLE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PYTEST) tests/integration tests/e2e -q
 
+demo: install testenv ## on a fresh machine: control plane, Prometheus, Dask, the operator, a sample workflow; plot in _output/demo
+	hack/install-system-deps.sh
+	$(PYTHON) hack/demo.py
+
 kind-down: ## delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
