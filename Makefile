@@ -5,8 +5,8 @@ PYTEST ?= $(PYTHON) -m pytest
 export SCALABLE_TESTENV_DIR ?= $(HOME)/.cache/scalable-testenv
 
 .PHONY: help install test test-unit test-integration test-e2e lint crds schemas bench \
-	      testenv testenv-up testenv-down demo clean \
-	      chart-crds chart-docs manifests image kind-up kind-load deploy-kind e2e-kind kind-down
+	      testenv testenv-up testenv-down demo setup clean \
+	      chart-crds chart-docs crd-docs manifests image kind-up kind-load deploy-kind e2e-kind kind-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -14,7 +14,10 @@ help: ## list the targets
 install: ## install the package with its test dependencies (editable)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-test: lint test-unit test-integration test-e2e ## run every tier: lint, unit, integration, e2e
+test: setup lint test-unit test-integration test-e2e ## on a fresh machine: set up, then run every tier (lint, unit, integration, e2e)
+
+setup: install testenv ## everything the tests and the demo need: system packages, Python packages, pinned binaries
+	hack/install-system-deps.sh
 
 test-unit: ## pure-Python unit tests (seconds)
 	$(PYTEST) tests/unit -q
@@ -31,6 +34,7 @@ lint: ## layer contracts (import-linter) and generated files up to date
 crds: ## regenerate crds/ from the custom resource models
 	$(PYTHON) -m scalable.controller.crdgen crds
 	$(PYTHON) hack/chart_sync.py crds
+	$(PYTHON) hack/crd_reference.py
 
 schemas: ## regenerate the telemetry JSON Schemas
 	$(PYTHON) -m scalable.telemetry.jsonschema operator/scalable/schemas
@@ -61,6 +65,9 @@ KIND_DEMO_NAMESPACE ?= scalable-demo
 
 chart-crds: ## copy crds/ into the chart (charts/scalable-operator/crds); a test keeps them identical
 	$(PYTHON) hack/chart_sync.py crds
+
+crd-docs: ## regenerate docs/crd-reference.md (the custom resources' fields) from crds/
+	$(PYTHON) hack/crd_reference.py
 
 chart-docs: ## regenerate the chart README's values table from the `# --` comments in values.yaml
 	$(PYTHON) hack/chart_sync.py docs
@@ -99,8 +106,7 @@ deploy-kind: kind-up kind-load ## Helm-install the dask-kubernetes operator, Pro
 e2e-kind: deploy-kind ## run the integration and e2e suites against the kind cluster
 	SCALABLE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PYTEST) tests/integration tests/e2e -q
 
-demo: install testenv ## on a fresh machine: control plane, Prometheus, Dask, the operator, a sample workflow; plot in _output/demo
-	hack/install-system-deps.sh
+demo: setup ## on a fresh machine: control plane, Prometheus, Dask, the operator, a sample workflow; plot in _output/demo
 	$(PYTHON) hack/demo.py
 
 kind-down: ## delete the kind cluster

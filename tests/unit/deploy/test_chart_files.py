@@ -99,3 +99,13 @@ def test_the_operator_ports_and_paths_are_the_chart_defaults():
     assert values["service"]["ingestPort"] == defaults["ingest_port"] == 8081
     assert values["telemetry"]["mountPath"] == str(defaults["telemetry_path"])
     assert values["operator"]["schedulerUrl"] == defaults["scheduler_url"]
+
+
+def test_the_crd_reference_is_generated_from_the_crds():
+    spec = importlib.util.spec_from_file_location("crd_reference", REPO_ROOT / "hack" / "crd_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "run `make crd-docs`"
+    text = module.render()
+    for field in ("`spec.workerGroups[].resourcePolicy.mode`", "`spec.scaling.cooldownSeconds`", "`spec.modelType`"):
+        assert field in text
