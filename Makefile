@@ -103,7 +103,7 @@ deploy-kind: kind-up kind-load ## Helm-install the dask-kubernetes operator, Pro
 	  --set operator.prometheusUrl=http://prometheus-server.monitoring.svc --wait
 	@echo "next: kubectl --kubeconfig $(KIND_KUBECONFIG) -n $(KIND_DEMO_NAMESPACE) apply -f examples/"
 
-e2e-kind: deploy-kind ## run the integration and e2e suites against the kind cluster
+e2e-kind: testenv deploy-kind ## run the integration and e2e suites against the kind cluster
 	SCALABLE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PYTEST) tests/integration tests/e2e -q
 
 demo: setup ## on a fresh machine: control plane, Prometheus, Dask, the operator, a sample workflow; plot in _output/demo
