@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +43,10 @@ from scalable.session.manifest import Manifest  # noqa: E402
 from scalable.session.session import ScalableSession  # noqa: E402
 
 TAG = "demeter"
+#: Worker processes fork from a server that has imported Dask already. Spawned from scratch,
+#: a worker needs about 1.5 s of CPU to start; on this shared 2-core machine (load 10-16 while
+#: others build and test) eight of them took 5-35 s, which measured the machine, not the policies.
+WORKER_START = "forkserver"
 MIN_WORKERS, MAX_WORKERS = 1, 8
 SCALING = {
     "poll_interval_seconds": 1.0,
@@ -63,19 +68,32 @@ def run_scenario(n_nodes: int, size_mb: int) -> int:
     return n_nodes
 
 
-def task_inputs(rng: random.Random) -> dict[str, int]:
-    n_nodes = rng.randint(200, 2500)
-    return {"n_nodes": n_nodes, "size_mb": 16 + n_nodes // 40}
+def task_inputs(n_nodes: int) -> dict[str, int]:
+    return {"n_nodes": n_nodes, "size_mb": 16 + min(n_nodes, 8000) // 80}
 
 
-def schedule(seed: int, waves: int, per_wave: int, ramp_s: float, period_s: float) -> list[tuple[float, dict[str, int]]]:
-    """Arrival times and inputs: in each wave the density of arrivals rises linearly over the ramp."""
+#: (kind, tasks, seconds over which they arrive, range of n_nodes): a sweep of large scenarios
+#: submitted within a few seconds, then many small post-processing runs over a longer stretch
+WAVES = [("large", 14, 6.0, (3000, 8000)), ("small", 60, 10.0, (0, 300))]
+
+
+def schedule(seed: int, waves: int, period_s: float) -> list[tuple[float, dict[str, int]]]:
+    """Arrival times and inputs: waves alternate between the kinds of WAVES, one every ``period_s``.
+
+    Within a wave the density of arrivals rises linearly over its ramp (a driver speeding up).
+    """
     rng = random.Random(seed)
     out = []
     for wave in range(waves):
-        for _ in range(per_wave):
-            out.append((wave * period_s + ramp_s * math.sqrt(rng.random()), task_inputs(rng)))
+        _, count, ramp_s, (low, high) = WAVES[wave % len(WAVES)]
+        for _ in range(count):
+            out.append((wave * period_s + ramp_s * math.sqrt(rng.random()), task_inputs(rng.randint(low, high))))
     return sorted(out, key=lambda item: item[0])
+
+
+def history_inputs(rng: random.Random) -> dict[str, int]:
+    """Warm-up inputs cover both kinds, log-uniformly, but are never the benchmark's own."""
+    return task_inputs(int(math.exp(rng.uniform(math.log(50), math.log(8000)))))
 
 
 def manifest(mode: str, min_workers: int = MIN_WORKERS, max_workers: int = MAX_WORKERS) -> Manifest:
@@ -121,10 +139,10 @@ class Sampler(threading.Thread):
 def warm_up(runs_dir: Path, seed: int, tasks: int) -> None:
     """History for the LearnedAdvisor: the same task with other inputs, on a fixed cluster."""
     rng = random.Random(seed + 1000)
-    session = ScalableSession(manifest("off", min_workers=6, max_workers=6), runs_dir=runs_dir, advisor=None)
+    session = ScalableSession(manifest("off", min_workers=8, max_workers=8), runs_dir=runs_dir, advisor=None)
     client = session.start()
     try:
-        futures = [client.submit(run_scenario, tag=TAG, **task_inputs(rng)) for _ in range(tasks)]
+        futures = [client.submit(run_scenario, tag=TAG, **history_inputs(rng)) for _ in range(tasks)]
         client.gather(futures)
     finally:
         session.close()
@@ -223,15 +241,15 @@ def plot(results: dict[str, dict[str, Any]], arrivals: list[tuple[float, dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two waves instead of three")
+    parser.add_argument("--quick", action="store_true", help="two waves instead of four")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-wave", type=int, default=44)
     parser.add_argument("--history", type=int, default=110, help="warm-up tasks the advisor trains on (>= 100 to calibrate)")
     args = parser.parse_args(argv)
     started = time.time()
-    waves = 2 if args.quick else 3
-    ramp_s, period_s = 15.0, 30.0
-    arrivals = schedule(args.seed, waves, args.per_wave, ramp_s, period_s)
+    dask.config.set({"distributed.worker.multiprocessing-method": WORKER_START})
+    waves = 2 if args.quick else 4
+    period_s = 22.0
+    arrivals = schedule(args.seed, waves, period_s)
 
     from scalable.advising.learned_advisor import LearnedAdvisor
 
@@ -240,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         history = Path(tmp) / "history"
         warm_up(history, args.seed, tasks=args.history)
         advisor = LearnedAdvisor.from_history(history)
-        probe = advisor.recommend(task="run_scenario", input_features={"n_nodes": 1500, "size_mb": 53})
-        print(f"advisor: {probe.method}, predicted {probe.predicted_duration_s}s for 1500 nodes (true 1.8s), confidence {probe.confidence}")
+        probes = {n: advisor.recommend(task="run_scenario", input_features=task_inputs(n)) for n in (150, 5000)}
+        for n, probe in probes.items():
+            print(f"advisor for {n} nodes: {probe.method}, predicted {probe.predicted_duration_s}s (true {0.3 + n / 1000:.2f}s), confidence {probe.confidence}")
         for name in ("predictive", "reactive", "dask_adapt"):
             print(f"== {name}", flush=True)
             results[name] = run_strategy(name, arrivals, Path(tmp) / name, advisor)
@@ -266,12 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         "scaling",
         {
             "workload": {
-                "waves": waves, "tasks_per_wave": args.per_wave, "ramp_s": ramp_s, "period_s": period_s, "seed": args.seed,
-                "task": "sleep 0.3 s + 1 ms per node (200..2500 nodes), touch 16 MB + 1 MB per 40 nodes",
+                "waves": [list(WAVES[w % len(WAVES)][:3]) + [list(WAVES[w % len(WAVES)][3])] for w in range(waves)],
+                "period_s": period_s, "seed": args.seed, "history_tasks": args.history,
+                "task": "sleep 0.3 s + 1 ms per node, touch 16 MB + 1 MB per 80 nodes",
             },
             "bounds": {"min_workers": MIN_WORKERS, "max_workers": MAX_WORKERS, "threads_per_worker": 1},
+            "worker_start": WORKER_START,
             "scaling": SCALING,
-            "advisor_probe": {"method": probe.method, "predicted_duration_s": probe.predicted_duration_s, "confidence": probe.confidence},
+            "advisor_probes": {
+                str(n): {"method": p.method, "predicted_duration_s": p.predicted_duration_s, "true_duration_s": 0.3 + n / 1000, "confidence": p.confidence}
+                for n, p in probes.items()
+            },
             "results": {name: {k: v for k, v in r.items() if k != "series"} for name, r in results.items()},
             "predictive_vs_reactive": {
                 "mean_wait_reduction": wait_reduction,

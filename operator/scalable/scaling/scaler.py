@@ -19,8 +19,13 @@ threads per worker); it exceeds 1 when tasks wait. Thresholds apply to it:
   current workers will clear within the horizon anyway. It never asks for more threads
   than there are tasks (queued, running and forecast), however long they are.
 
-Bounds are never left, a tag changes at most once per ``cooldown_seconds`` (bound repairs
-excepted), and a scale-down never goes below the workers that are busy.
+Bounds are never left, and a scale-down never goes below the workers that are busy. A tag
+changes at most once per ``cooldown_seconds`` from its last change, with two exceptions:
+bound repairs, and a scale-up right after a scale-down. The cooldown is there against
+flapping and to give new workers time to arrive; letting it hold tasks back behind a
+scale-down would make the load that returned wait a whole cooldown (AWS target tracking
+interrupts a scale-in cooldown the same way). At most one down-then-up pair fits in a
+cooldown, since the scale-up starts a new one.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class TagSnapshot:
 class _TagState:
     forecaster: ArrivalForecaster
     last_change: float | None = None
+    last_action: str | None = None
     last_prediction: "_Prediction | None" = None
     last_demand: int = 0
 
@@ -209,7 +215,7 @@ class AdaptiveScaler:
             state.last_demand = snap.demand
             decision = self._decide(tag, snap, state, now)
             if decision.action != "hold":
-                state.last_change = now
+                state.last_change, state.last_action = now, decision.action
             decisions[tag] = decision
         return ScalingDecision(time=now, tags=decisions)
 
@@ -259,12 +265,15 @@ class AdaptiveScaler:
                 why += f"; gradual and graceful: down to {target} (min {low}, {snap.busy_workers} busy, step {self.max_scale_down_step})"
         if target == snap.workers:
             return make("hold", snap.workers, why, mode, load, confidence)
-        if state.last_change is not None and now - state.last_change < self.cooldown_seconds:
+        action = "scale_up" if target > snap.workers else "scale_down"
+        reverses_scale_down = action == "scale_up" and state.last_action == "scale_down"
+        if state.last_change is not None and now - state.last_change < self.cooldown_seconds and not reverses_scale_down:
             left = self.cooldown_seconds - (now - state.last_change)
             return make(
                 "hold", snap.workers, f"{why}; in cooldown for {left:.0f}s more, holding at {snap.workers}", mode, load, confidence
             )
-        action = "scale_up" if target > snap.workers else "scale_down"
+        if reverses_scale_down and state.last_change is not None and now - state.last_change < self.cooldown_seconds:
+            why += "; a scale-down in cooldown does not hold back a scale-up"
         return make(action, target, why, mode, load, confidence)
 
     @staticmethod

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 _AUTO = "auto"
 _PENDING_LIMIT = 500
+#: decisions kept in memory for inspection; all of them are in the run's telemetry
+_DECISIONS_KEPT = 1000
 
 
 class ScalableClient:
@@ -109,6 +112,14 @@ class ScalableClient:
     def gather(self, futures: Any, errors: str = "raise") -> Any:
         return self.dask.gather(futures, errors=errors)
 
+    def cancel(self, futures: Any, **kwargs: Any) -> Any:
+        """Cancel as Dask does; the scaler stops counting the tasks as pending work."""
+        items = futures if isinstance(futures, (list, tuple, set)) else [futures]
+        if self._session.collector is not None:
+            for future in items:
+                self._session.collector.forget(str(future.key))
+        return self.dask.cancel(futures, **kwargs)
+
     def close(self) -> None:
         self._session.close()
 
@@ -150,7 +161,7 @@ class ScalableSession:
         self.collector: TelemetryCollector | None = None
         self.writer: RunWriter | None = None
         self.client: ScalableClient | None = None
-        self.decisions: list[ScalingDecision] = []
+        self.decisions: deque[ScalingDecision] = deque(maxlen=_DECISIONS_KEPT)
         self._target: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

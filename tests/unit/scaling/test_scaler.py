@@ -82,6 +82,13 @@ def test_cooldown_counts_from_the_last_change_per_tag():
     assert "cooldown for 30s" in held.reasoning["demeter"]
     again = scaler.evaluate(snap(queued=30, processing=10, workers=10), now=160)
     assert again.actions["demeter"] == "scale_up"
+    down = scaler.evaluate(snap(queued=0, processing=0, workers=20, idle_workers=20), now=230)
+    assert down.actions["demeter"] == "scale_down"
+    assert scaler.evaluate(snap(queued=0, processing=0, workers=19, idle_workers=19), now=240).actions["demeter"] == "hold"
+    back = scaler.evaluate(snap(queued=30, processing=19, workers=19), now=241)
+    assert back.actions["demeter"] == "scale_up", "a scale-down in cooldown must not hold tasks back"
+    assert "does not hold back a scale-up" in back.reasoning["demeter"]
+    assert scaler.evaluate(snap(queued=0, processing=0, workers=20, idle_workers=20), now=250).actions["demeter"] == "hold"
     other = scaler.evaluate({"gcam": {"queued": 9, "processing": 1, "workers": 1}}, now=161)
     assert other.actions["gcam"] == "scale_up", "cooldown of one tag must not hold another"
 
@@ -194,7 +201,7 @@ def test_no_sequence_of_snapshots_leaves_bounds_or_retires_busy_workers(steps, l
         cooldown_seconds=cooldown, max_scale_down_step=down_step,
     )
     now = 0.0
-    last_change = None
+    last_change = last_action = None
     for gap, state in steps:
         now += gap
         state = dict(state)
@@ -206,9 +213,9 @@ def test_no_sequence_of_snapshots_leaves_bounds_or_retires_busy_workers(steps, l
             assert decision.to_workers == state["workers"]
             continue
         in_bounds = low <= state["workers"] <= high
-        if in_bounds and last_change is not None:
+        if in_bounds and last_change is not None and not (decision.action == "scale_up" and last_action == "scale_down"):
             assert now - last_change >= cooldown
-        last_change = now
+        last_change, last_action = now, decision.action
         if decision.action == "scale_down" and in_bounds:
             busy = state["workers"] - state["idle_workers"] if state["idle_workers"] is not None else min(state["workers"], state["queued"] + state["processing"])
             assert decision.to_workers >= busy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import dask
@@ -73,6 +74,12 @@ def test_a_tagged_task_runs_only_on_its_groups_workers(write_manifest):
         assert all(name.startswith("gcam-") for name in client.gather(gcam))
         with pytest.raises(ValueError, match="unknown tag 'hector'.*demeter, gcam"):
             client.submit(workloads.where, 1, tag="hector")
+        cancelled = client.submit(workloads.slow, 5, tag="gcam")
+        client.cancel(cancelled)
+        deadline = time.monotonic() + 20
+        while session.collector.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert session.collector.pending() == {}, "finished and cancelled tasks are no longer pending work"
     tasks = _records(session.runs_dir / session.run_id, "tasks.jsonl", TaskObservation)
     assert len(tasks) == 24
     assert {t.worker_resources.cpus for t in tasks if t.tag == "gcam"} == {2}
