@@ -107,15 +107,25 @@ def trace_frame(name: str) -> pd.DataFrame:
 
     source = trace_path(name)
     stamp = f"{source.stat().st_size}-{int(source.stat().st_mtime)}-{_importer_digest()}"
-    runs_dir = CACHE / f"runs-{name}"
-    marker = CACHE / f"runs-{name}.imported"
-    if not (marker.exists() and marker.read_text() == stamp and runs_dir.is_dir()):
-        shutil.rmtree(runs_dir, ignore_errors=True)
-        runs_dir.mkdir(parents=True)
+    # One directory per (trace, importer version), filled under a private name and renamed into
+    # place, so that benchmarks running at once never see (or delete) a half-written import.
+    runs_dir = CACHE / f"runs-{name}-{stamp}"
+    if not runs_dir.is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         t0 = time.perf_counter()
-        import_swf(source, runs_dir)
-        print(f"imported {source.name} in {time.perf_counter() - t0:.1f}s -> {runs_dir}", file=sys.stderr)
-        marker.write_text(stamp)
+        import_swf(source, tmp)
+        try:
+            os.rename(tmp, runs_dir)
+        except OSError:  # another process finished first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"imported {source.name} in {time.perf_counter() - t0:.1f}s -> {runs_dir}", file=sys.stderr)
+            for old in CACHE.glob(f"runs-{name}*"):
+                if old != runs_dir:
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     return load_tasks(runs_dir).frame
 
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra LearnedAdvisor settings to replay alongside, e.g. min_history=1")
     args = parser.parse_args(argv)
     started = time.time()
-    block = args.block_size or (250 if args.quick else 50)
+    block = args.block_size or (250 if args.quick else 100)
     refit = args.refit_every or (12500 if args.quick else 5000)
 
     from scalable.advising.learned_advisor import LearnedAdvisor
