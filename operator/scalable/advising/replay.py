@@ -364,15 +364,19 @@ class PercentileBaseline:
             return out
         hist = hist.loc[hist[column].notna() & (hist[column] >= 0), [*self.keys, column, "end_time"]]
         hist = hist.sort_values("end_time", kind="stable")
+        # only the groups this block asks about (whole groups, so windows are unaffected): keeps a
+        # block's cost proportional to its own jobs' history, not to all history
+        relevant = {key: hist[hist[key].isin(pd.unique(jobs[key].dropna()))]
+                    for key in self.keys if key in jobs.columns and key in hist.columns}
         qs = [p / 100.0 for p in self.percentiles]
         for window in self.windows:
-            h = hist if window is None else hist.groupby(self.keys[0], sort=False).tail(window)
             answers = {p: np.full(len(jobs), np.nan) for p in self.percentiles}
             filled = np.zeros(len(jobs), dtype=bool)
             for key in self.keys:
-                if filled.all() or key not in jobs.columns:
+                if filled.all() or key not in relevant:
                     continue
-                hk = h if key == self.keys[0] else (hist if window is None else hist.groupby(key, sort=False).tail(window))
+                sub = relevant[key]
+                hk = sub if window is None else sub.groupby(key, sort=False).tail(window)
                 grouped = hk.groupby(key, sort=False)[column]
                 counts = grouped.size()
                 quant = grouped.quantile(qs).unstack()
@@ -385,6 +389,7 @@ class PercentileBaseline:
                         answers[p][take] = vals
                     filled |= take
             if (~filled).any():
+                h = hist if window is None else hist.groupby(self.keys[0], sort=False).tail(window)
                 allq = h[column].quantile(qs).to_numpy()
                 for p, v in zip(self.percentiles, allq):
                     answers[p][~filled] = v
