@@ -1,0 +1,170 @@
+"""One operator process reconciling N ScalableWorkflows (default 500, 15 s polls) against the
+real API server and a real Prometheus: its CPU and memory, and the decision latency from a
+queue change to the replica patch.
+
+    python benchmarks/bench_operator.py [--workflows 500] [--poll 15] [--steady 120]
+
+Setup: the local control plane (tests/support), the CRDs, one namespace with N DaskClusters
+(+ their ``-default`` DaskWorkerGroups) and N ScalableWorkflows, a history of one task so every
+workflow is sized once, Prometheus scraping a queue exporter that all workflows query.
+Measured: the operator runs as ``scalable operator run`` in its own process; CPU seconds and
+RSS are sampled with psutil over a steady window (every workflow polling, holding); then the
+exporter's queue jumps at T0 and, for every DaskCluster, the time its replicas change is taken
+from a 0.5 s poll of the API server. Latency includes Prometheus' 1 s scrape interval and
+the poll phase (a workflow decides at its next poll, at most one interval later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import write_result  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    QueueExporter,
+    create,
+    dask_cluster,
+    dask_worker_group,
+    job_queries,
+    scalable_workflow,
+    write_history,
+)
+from tests.support.controlplane import ControlPlane  # noqa: E402
+from tests.support.kube import dask_kubernetes_crd_files, install_crds, repo_crd_files  # noqa: E402
+from tests.support.prometheus import PrometheusServer  # noqa: E402
+from tests.support.testenv import free_ports, spawn, terminate  # noqa: E402
+
+
+async def _replicas(api, namespace):
+    async with api.call_api("GET", version="kubernetes.dask.org/v1", namespace=namespace, url="daskclusters") as r:
+        return {item["metadata"]["name"]: item["spec"]["worker"]["replicas"] for item in r.json()["items"]}
+
+
+async def _reconciled(api, namespace):
+    async with api.call_api("GET", version="scalable.dev/v1alpha1", namespace=namespace, url="scalableworkflows") as r:
+        return sum(1 for item in r.json()["items"] if ((item.get("status") or {}).get("groups") or [{}])[0].get("lastDecision"))
+
+
+async def main(args) -> dict:
+    import kr8s.asyncio
+
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="scalable-bench-operator-"))
+    cp = ControlPlane().start()
+    prom = PrometheusServer(scrape_interval="1s").start()
+    exporter = await QueueExporter(queued=0, processing=1, workers=1).start()
+    proc = None
+    try:
+        await install_crds(cp.kubeconfig, dask_kubernetes_crd_files() + repo_crd_files())
+        api = await kr8s.asyncio.api(kubeconfig=str(cp.kubeconfig))
+        namespace = "bench"
+        await kr8s.asyncio.objects.Namespace({"metadata": {"name": namespace}}, api=api).create()
+        prom.add_target("q", exporter.address)
+        await asyncio.to_thread(prom.wait_for, 'sum(dask_scheduler_tasks{job="q"})', lambda v: v is not None, 30)
+        write_history(work / "telemetry" / namespace / "runs", n=50)
+        scaling = {"mode": "Reactive", "pollIntervalSeconds": args.poll, "cooldownSeconds": 30,
+                   "prometheus": {"queries": job_queries("q"), "timeoutSeconds": 5}}
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(16)
+
+        async def make(i):
+            async with sem:
+                name = f"c{i:04d}"
+                await create(api, namespace, dask_cluster(name, 1))
+                await create(api, namespace, dask_worker_group(f"{name}-default", name, 1))
+                groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 8}]
+                await create(api, namespace, scalable_workflow(f"w{i:04d}", name, groups=groups, scaling=scaling))
+
+        await asyncio.gather(*(make(i) for i in range(args.workflows)))
+        create_s = time.monotonic() - t0
+        print(f"created {args.workflows} workflows in {create_s:.0f}s", flush=True)
+
+        metrics_port, ingest_port = free_ports(2)
+        argv = [sys.executable, "-m", "scalable.cli.main", "operator", "run", "--namespace", namespace,
+                "--telemetry-path", str(work / "telemetry"), "--prometheus-url", prom.url, "--scheduler-url", "",
+                "--metrics-port", str(metrics_port), "--ingest-port", str(ingest_port), "--bind", "127.0.0.1",
+                "--lease-namespace", namespace, "--kubeconfig", str(cp.kubeconfig)]
+        t_start = time.monotonic()
+        proc = spawn(argv, work / "operator.log", env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        ps = psutil.Process(proc.pid)
+        while await _reconciled(api, namespace) < args.workflows:
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {(work / 'operator.log').read_text()[-3000:]}")
+            if time.monotonic() - t_start > 900:
+                raise RuntimeError("not every workflow reconciled within 900 s")
+            await asyncio.sleep(2)
+        startup_s = time.monotonic() - t_start
+        print(f"all {args.workflows} reconciled after {startup_s:.0f}s", flush=True)
+
+        cpu0, w0 = ps.cpu_times(), time.monotonic()
+        rss = []
+        while time.monotonic() - w0 < args.steady:
+            rss.append(ps.memory_info().rss)
+            await asyncio.sleep(2)
+        cpu1, w1 = ps.cpu_times(), time.monotonic()
+        cpu_fraction = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (w1 - w0)
+        print(f"steady: {cpu_fraction:.2f} CPU, RSS max {max(rss) / 2**20:.0f} MiB", flush=True)
+
+        before = await _replicas(api, namespace)
+        exporter.queued = 400
+        t_change = time.monotonic()
+        changed: dict[str, float] = {}
+        while len(changed) < args.workflows and time.monotonic() - t_change < 3 * args.poll + 60:
+            now = await _replicas(api, namespace)
+            stamp = time.monotonic() - t_change
+            for name, value in now.items():
+                if name not in changed and value != before[name]:
+                    changed[name] = stamp
+            await asyncio.sleep(0.5)
+        latencies = np.array(sorted(changed.values()))
+        final = await _replicas(api, namespace)
+        figures = {
+            "workflows": args.workflows,
+            "poll_interval_s": args.poll,
+            "create_objects_s": round(create_s, 1),
+            "startup_until_all_reconciled_s": round(startup_s, 1),
+            "steady_window_s": round(w1 - w0, 1),
+            "steady_cpu_cores": round(cpu_fraction, 3),
+            "rss_max_mib": round(max(rss) / 2**20, 1),
+            "rss_mean_mib": round(float(np.mean(rss)) / 2**20, 1),
+            "latency_scaled": int(len(latencies)),
+            "latency_p50_s": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
+            "latency_p95_s": round(float(np.percentile(latencies, 95)), 2) if len(latencies) else None,
+            "latency_max_s": round(float(latencies.max()), 2) if len(latencies) else None,
+            "replicas_after": sorted(set(final.values())),
+            "note": "latency = queue change at the exporter to the replica patch seen on the API server "
+                    "(0.5 s sampling), including the 1 s scrape and up to one poll interval of phase",
+        }
+        print(json.dumps(figures, indent=2), flush=True)
+        write_result("operator", figures, started=started, argv=sys.argv)
+        return figures
+    finally:
+        if proc is not None and proc.poll() is None:
+            terminate(proc.pid, proc=proc)
+        await exporter.stop()
+        prom.stop()
+        cp.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workflows", type=int, default=500)
+    parser.add_argument("--poll", type=int, default=15)
+    parser.add_argument("--steady", type=float, default=120.0)
+    parser.add_argument("--quick", action="store_true", help="50 workflows, 60 s steady window")
+    args = parser.parse_args()
+    if args.quick:
+        args.workflows, args.steady = 50, 60.0
+    asyncio.run(main(args))
