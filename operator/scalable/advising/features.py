@@ -78,20 +78,22 @@ def _group_codes(frame: pd.DataFrame, config_names: Sequence[str]) -> dict[str, 
         tag_values = pd.Series("", index=frame.index)
     tag_codes, tag_uniques = pd.factorize(tag_values)
     parts = {"task": task_codes}
+    canonical: dict[str, list[str]] = {}
     for name in config_names:
         column = frame.get(FEATURE_PREFIX + name)
-        parts[name] = pd.factorize(column)[0] if column is not None else np.full(len(frame), -1)
+        if column is None:
+            parts[name], canonical[name] = np.full(len(frame), -1), [""]
+        else:
+            codes, uniques = pd.factorize(column)
+            parts[name], canonical[name] = codes, [_canonical(u) for u in uniques] + [""]
     if len(config_names):
         config_codes = pd.DataFrame(parts).groupby(list(parts), sort=False).ngroup().to_numpy()
         _, first = np.unique(config_codes, return_index=True)
-        values = {
-            name: (frame[FEATURE_PREFIX + name].to_numpy(dtype=object)[first] if FEATURE_PREFIX + name in frame.columns
-                   else [None] * len(first))
-            for name in config_names
-        }
+        names = sorted(config_names)
+        columns = [(f"{_SEP}{name}=", canonical[name], parts[name][first].tolist()) for name in names]
         config_keys = [
-            single_config_key(tasks[task_codes[row]], {n: values[n][i] for n in config_names}, config_names)
-            for i, row in enumerate(first)
+            tasks[task_code] + "".join(prefix + canon[codes[i]] for prefix, canon, codes in columns)
+            for i, task_code in enumerate(task_codes[first].tolist())
         ]
     else:
         config_codes, config_keys = task_codes, [single_config_key(t, {}, ()) for t in tasks]

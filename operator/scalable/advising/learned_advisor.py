@@ -22,6 +22,7 @@ every batch of finished runs and refit only occasionally.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -77,8 +78,8 @@ def _make_model(model_type: str, categorical: np.ndarray, random_state: int, rol
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         return HistGradientBoostingRegressor(
-            max_iter={"point": 100, "spread": 40}.get(role, 50),
-            learning_rate=0.1 if role == "point" else 0.2,
+            max_iter={"point": 100, "spread": 30}.get(role, 40),
+            learning_rate=0.1 if role == "point" else 0.25,
             max_leaf_nodes=31,
             min_samples_leaf=20,
             l2_regularization=1.0,
@@ -400,6 +401,16 @@ class LearnedAdvisor(BaseEstimator):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.get("target"), self._coverage(r.get("coverage"))), []).append(i)
+        collecting = gc.isenabled()
+        gc.disable()  # tens of thousands of new objects would set off needless full collections
+        try:
+            self._answer_groups(requests, groups, out)
+        finally:
+            if collecting:
+                gc.enable()
+        return out  # type: ignore[return-value]
+
+    def _answer_groups(self, requests: list, groups: dict, out: list) -> None:
         for (target, coverage), index in groups.items():
             if target not in TARGETS:
                 raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
@@ -413,7 +424,6 @@ class LearnedAdvisor(BaseEstimator):
             )
             for i, rec in zip(index, recs):
                 out[i] = rec
-        return out  # type: ignore[return-value]
 
     def _coverage(self, coverage: float | None) -> float:
         value = self.coverage if coverage is None else float(coverage)
@@ -475,13 +485,16 @@ class LearnedAdvisor(BaseEstimator):
         levels = calibrator.levels(coverage)
         own_quantile, n_cal = levels.task_q, levels.n_task
         cpu_list = cpus.tolist() if cpus is not None else [1.0] * len(tasks)
+        whole_cpus = (
+            np.maximum(1, np.ceil(np.round(cpus, 6))).astype(int).tolist() if cpus is not None else [1] * len(tasks)
+        )
         duration_list = duration.tolist() if duration is not None else [None] * len(tasks)
         rows = zip(
             tasks, tags, n_hist.tolist(), np.round(confidence, 2).tolist(), memory.tolist(), upper.tolist(),
-            lower.tolist(), median.tolist(), miss.tolist(), width.tolist(), cpu_list, duration_list,
+            lower.tolist(), median.tolist(), miss.tolist(), width.tolist(), cpu_list, duration_list, whole_cpus,
         )
         out = []
-        for i, (task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur) in enumerate(rows):
+        for task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur, n_cpus in rows:
             if n < self.min_history:
                 reason = f"only {int(n)} runs of {task!r} known (fewer than min_history={self.min_history})"
                 out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
@@ -508,7 +521,7 @@ class LearnedAdvisor(BaseEstimator):
             memory_bytes = math.ceil(mem)
             out.append(
                 Recommendation._trusted(
-                    cpus=_whole_cpus(cpus_exact),
+                    cpus=n_cpus,
                     memory_bytes=memory_bytes,
                     confidence=conf,
                     method="learned",
@@ -547,7 +560,7 @@ class LearnedAdvisor(BaseEstimator):
         predicted = base.predicted_duration_s
         if predicted is None and duration is not None:
             predicted = round(duration, 3)
-        return Recommendation(
+        return Recommendation._trusted(
             cpus=base.cpus,
             memory_bytes=base.memory_bytes,
             confidence=base.confidence if model_confidence is None else min(base.confidence, model_confidence),
@@ -560,7 +573,7 @@ class LearnedAdvisor(BaseEstimator):
             task=task,
             cpus_exact=base.cpus_exact,
             details={**base.details, "model_confidence": model_confidence, "fallback_method": base.method},
-            keys_shown=("cpus", "memory", "confidence", "method", "basis", "predicted_duration_s"),
+            keys_shown=_FALLBACK_KEYS,
         )
 
     # --- quality and persistence ------------------------------------------------------------
@@ -718,6 +731,9 @@ def _predict(model: Any, X: np.ndarray, n_jobs: int | None = None) -> np.ndarray
         with threadpool_limits(1, user_api="openmp"):
             return model.predict(X)
     return model.predict(X)
+
+
+_FALLBACK_KEYS = ("cpus", "memory", "confidence", "method", "basis", "predicted_duration_s")
 
 
 def _varying_columns(X: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from scalable.units import format_cpu, format_memory
@@ -23,7 +23,7 @@ _PERCENTILE_KEYS = ("cpus", "memory", "basis")
 _LEARNED_KEYS = ("cpus", "memory", "confidence", "method", "basis", "predicted_duration_s")
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Recommendation(Mapping):
     """Recommended resources for one task.
 
@@ -68,10 +68,11 @@ class Recommendation(Mapping):
         """Construct without re-validating: for batches of values an advisor has already
         bounded (a recommend_batch of 50,000 spends most of its time here otherwise)."""
         rec = object.__new__(cls)
-        for name in _FIELD_NAMES:
-            object.__setattr__(rec, name, fields.get(name, _DEFAULTS.get(name)))
-        if not rec.keys_shown:
-            object.__setattr__(rec, "keys_shown", _LEARNED_KEYS if rec.method == "learned" else _PERCENTILE_KEYS)
+        values = rec.__dict__
+        values.update(_DEFAULTS)
+        values.update(fields)
+        if not values["keys_shown"]:
+            values["keys_shown"] = _LEARNED_KEYS if values["method"] == "learned" else _PERCENTILE_KEYS
         return rec
 
     @property
@@ -157,5 +158,7 @@ _ATTRIBUTES = frozenset(
 )
 
 
-_FIELD_NAMES = tuple(f.name for f in __import__("dataclasses").fields(Recommendation))
-_DEFAULTS: dict[str, Any] = {"details": {}, "keys_shown": ()}
+_DEFAULTS: dict[str, Any] = {
+    f.name: (f.default if f.default is not MISSING else None) for f in fields(Recommendation)
+}
+_DEFAULTS.update(details={}, keys_shown=())
