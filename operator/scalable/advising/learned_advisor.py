@@ -31,14 +31,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import sklearn
 from sklearn.base import BaseEstimator
 
 from scalable.advising.calibration import ConformalCalibrator
 from scalable.advising.features import FeatureEncoder, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
-from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor, _whole_cpus
-from scalable.units import format_memory, parse_memory
+from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
+from scalable.units import parse_memory
 
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
 
