@@ -5,7 +5,8 @@ control plane gets only dask-kubernetes' CRDs from the test, ours come from the 
 `helm upgrade` keeps the telemetry PVC (same object, same uid); `helm uninstall` leaves it, and a
 new install adopts it again. There is no kubelet, so the PVC object and its uid stand for its data.
 
-Least privilege: the chart's RBAC is enough for the operator, and none of it is unused.
+Least privilege: the chart's RBAC is enough for the operator, and none of it is unused; both in
+the default cluster-wide mode (ClusterRole) and watching one namespace (Role there).
 
 A control plane of its own (kube-apiserver with the RBAC authorizer and an audit log of every
 request the operator's ServiceAccount makes). The chart's rendered ServiceAccount, ClusterRole,
@@ -62,19 +63,27 @@ from tests.support.controlplane import ControlPlane, ControlPlaneError
 from tests.support.kube import dask_kubernetes_crd_files, install_crds, server_side_apply, service_account_kubeconfig
 from tests.support.testenv import MissingBinaryError, free_ports, tail, terminate
 
-OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
-WORK = "work"
-# kopf lists CustomResourceDefinitions to notice CRDs created after it started. The chart
-# does not grant that: the chart installs our CRDs (crds/) before the operator starts, kopf
-# then only logs that it will not notice later CRD changes and carries on. Any other denied
-# request fails the test.
-EXPECTED_DENIED = {"list apiextensions.k8s.io/customresourcedefinitions in -"}
+# (mode, helm release, values, namespace of the workload): the default, cluster-wide with a
+# ClusterRole; and watching one namespace with a Role there (plus the review ClusterRole).
+MODES = {
+    "cluster-wide": (RELEASE, {}, "work"),
+    "namespaced": ("scalable-team", {"watchNamespaces": ["team"]}, "team"),
+}
+# kopf's observers list CustomResourceDefinitions (to notice CRDs created after it started)
+# and, when given namespaces, Namespaces (to match namespace patterns). The chart grants
+# neither: the chart installs our CRDs (crds/) before the operator starts, and it is given
+# exact namespace names, not patterns; kopf logs that it will not notice such changes and
+# carries on (the flow below passes). Any other denied request fails the test.
+EXPECTED_DENIED = {
+    "cluster-wide": {"list apiextensions.k8s.io/customresourcedefinitions in -"},
+    "namespaced": {"list apiextensions.k8s.io/customresourcedefinitions in -", "list /namespaces in -"},
+}
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
+    "rules": [{"level": "Metadata", "userGroups": [f"system:serviceaccounts:{RELEASE_NAMESPACE}"]}, {"level": "None"}],
 }
 
 
@@ -154,11 +163,11 @@ class AuditedCluster:
     def __init__(self, cp: ControlPlane, audit_log: Path, install_output: str) -> None:
         self.cp, self.audit_log, self.install_output = cp, audit_log, install_output
 
-    def events(self) -> list[dict]:
+    def events(self, user: str) -> list[dict]:
         out = []
         for line in self.audit_log.read_text().splitlines():
             event = json.loads(line)
-            if (event.get("user") or {}).get("username") == OPERATOR_USER:
+            if (event.get("user") or {}).get("username") == user:
                 out.append(event)
         return out
 
@@ -247,16 +256,21 @@ async def _token_of(kubeconfig: Path) -> str:
     return yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
 
 
-async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(audited_cluster: AuditedCluster, tmp_path: Path):
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str, audited_cluster: AuditedCluster, tmp_path: Path):
     cp = audited_cluster.cp
-    docs = render()
+    release, values, WORK = MODES[mode]
+    fullname = release if "scalable-operator" in release else f"{release}-scalable-operator"
+    user = f"system:serviceaccount:{RELEASE_NAMESPACE}:{fullname}"
+    docs = render(set_values=values, release=release)
     rbac = rbac_documents(docs)
     assert {d["kind"] for d in rbac} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     admin = await kr8s.asyncio.api(kubeconfig=str(cp.kubeconfig))
     for ns in (RELEASE_NAMESPACE, WORK):
-        await kr8s.asyncio.objects.Namespace({"metadata": {"name": ns}}, api=admin).create()
+        if not await _get_json(admin, "v1", f"namespaces/{ns}"):
+            await kr8s.asyncio.objects.Namespace({"metadata": {"name": ns}}, api=admin).create()
     apply_documents(cp.kubeconfig, rbac)
-    sa_config = await service_account_kubeconfig(admin, cp.kubeconfig, RELEASE_NAMESPACE, RELEASE,
+    sa_config = await service_account_kubeconfig(admin, cp.kubeconfig, RELEASE_NAMESPACE, fullname,
                                                  tmp_path / "operator.kubeconfig", create=False)
 
     # a client allowed to push telemetry for workflows in WORK (update on scalableworkflows)
@@ -285,7 +299,10 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(audited_c
     metrics_port, ingest_port = free_ports(2)
     args = _with(operator_args(docs), telemetry_path=str(telemetry), scheduler_url=exporter.url,
                  metrics_port=str(metrics_port), ingest_port=str(ingest_port))
-    assert "--all-namespaces" in args, "the default chart watches every namespace with a ClusterRole"
+    if values:
+        assert f"--namespace={WORK}" in args and "--all-namespaces" not in args
+    else:
+        assert "--all-namespaces" in args, "the default chart watches every namespace with a ClusterRole"
     log_path = tmp_path / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(sa_config), "POD_NAMESPACE": RELEASE_NAMESPACE, "POD_NAME": "operator-0",
            "PYTHONUNBUFFERED": "1"}
@@ -338,31 +355,32 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(audited_c
                 assert r.status == 200, "the leading replica is ready"
 
         # the leader renews its Lease (get + update) every 5 s with the default 15 s lease
-        first = (await get_lease(admin))["spec"]["renewTime"]
-        await wait_until(alive_and(lambda: _renewed_since(admin, first)), timeout=20, what="Lease renewed")
+        first = (await get_lease(admin, fullname))["spec"]["renewTime"]
+        await wait_until(alive_and(lambda: _renewed_since(admin, fullname, first)), timeout=20, what="Lease renewed")
     finally:
         terminate(proc.pid, timeout=20, proc=proc)
         await exporter.stop()
     assert proc.returncode == 0, f"clean shutdown expected, got {proc.returncode}:\n{tail(log_path, 60)}"
-    lease = await get_lease(admin)
+    lease = await get_lease(admin, fullname)
     assert not lease["spec"].get("holderIdentity"), "a clean shutdown releases the Lease"
 
-    events = audited_cluster.events()
+    events = audited_cluster.events(user)
     assert events, "the audit log recorded nothing for the operator's ServiceAccount"
-    denied = set(forbidden(events)) - EXPECTED_DENIED
+    denied = set(forbidden(events)) - EXPECTED_DENIED[mode]
     unused = unused_grants(rbac, events)
     assert not denied, f"the chart's RBAC refused requests the operator made: {denied}\n{tail(log_path, 40)}"
     assert not unused, (
         "granted by the chart but never used by the operator's main flow (remove the verb from "
         f"charts/scalable-operator/templates, or exercise the code path that needs it): {unused}"
     )
-    assert find(rbac, "Role")[0]["rules"][1]["resourceNames"] == [RELEASE]
+    leader_role = next(r for r in find(rbac, "Role") if r["metadata"]["name"] == f"{fullname}-leader")
+    assert leader_role["rules"][1]["resourceNames"] == [fullname]
 
 
-async def get_lease(api: Any) -> dict:
-    async with api.call_api("GET", version="coordination.k8s.io/v1", namespace=RELEASE_NAMESPACE, url=f"leases/{RELEASE}") as r:
+async def get_lease(api: Any, name: str) -> dict:
+    async with api.call_api("GET", version="coordination.k8s.io/v1", namespace=RELEASE_NAMESPACE, url=f"leases/{name}") as r:
         return r.json()
 
 
-async def _renewed_since(api: Any, first: str) -> bool:
-    return (await get_lease(api))["spec"]["renewTime"] != first
+async def _renewed_since(api: Any, name: str, first: str) -> bool:
+    return (await get_lease(api, name))["spec"]["renewTime"] != first
