@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local test control plane:
-# kube-apiserver, kube-controller-manager, etcd and helm, from the Go module proxy.
+# kube-apiserver, kube-controller-manager, kube-scheduler, etcd, helm and kwok, from the Go
+# module proxy.
 #
 #   hack/testenv-build.sh            build what is missing (what `make testenv` runs)
 #   hack/testenv-build.sh sync       regenerate hack/tools/*/go.mod and go.sum from
@@ -9,7 +10,7 @@
 #
 # Versions live in hack/versions.env. Binaries go to $SCALABLE_TESTENV_DIR (default
 # ~/.cache/scalable-testenv), one directory per component and version, e.g.
-#   kubernetes-v1.34.4/kube-apiserver, etcd-v3.6.16/etcd, helm-v3.19.5/helm
+#   kubernetes-v1.34.4/kube-apiserver, etcd-v3.6.16/etcd, helm-v3.19.5/helm, kwok-v0.7.0/kwok
 # and are rebuilt only when a version (or the wrapper module's go.sum) changes.
 # $SCALABLE_TESTENV_DIR/bin holds symlinks to the current ones (put it on PATH for helm).
 # Nothing built goes into the repository.
@@ -87,6 +88,7 @@ do_sync() {
   sync_kube
   sync_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
   sync_simple helm helm.sh/helm/v3 "$HELM_VERSION"
+  sync_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION"
   log "done; review and commit hack/tools/*/go.mod hack/tools/*/go.sum"
 }
 
@@ -123,8 +125,8 @@ build_into() {  # build_into OUTDIR TOOLDIR LDFLAGS PKG...
 build_kube() {
   local out="$TESTENV_DIR/kubernetes-$KUBERNETES_VERSION"
   require_synced kube k8s.io/kubernetes "$KUBERNETES_VERSION"
-  if up_to_date "$out" kube kube-apiserver kube-controller-manager; then
-    log "kube-apiserver, kube-controller-manager $KUBERNETES_VERSION: cached in $out"; return
+  if up_to_date "$out" kube kube-apiserver kube-controller-manager kube-scheduler; then
+    log "kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNETES_VERSION: cached in $out"; return
   fi
   local v="k8s.io/component-base/version" cv="k8s.io/client-go/pkg/version" f=""
   local x
@@ -133,7 +135,8 @@ build_kube() {
     f+=" -X $x.gitTreeState=clean -X $x.buildDate=1970-01-01T00:00:00Z"
   done
   build_into "$out" kube "-s -w$f" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler
 }
 
 build_etcd() {
@@ -156,11 +159,20 @@ build_helm() {
   build_into "$out" helm "$f" helm.sh/helm/v3/cmd/helm
 }
 
+build_kwok() {
+  local out="$TESTENV_DIR/kwok-$KWOK_VERSION"
+  require_synced kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+  if up_to_date "$out" kwok kwok; then log "kwok $KWOK_VERSION: cached in $out"; return; fi
+  build_into "$out" kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok
+}
+
 link_current() {
   mkdir -p "$TESTENV_DIR/bin"
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$TESTENV_DIR/bin/kube-apiserver"
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-controller-manager" "$TESTENV_DIR/bin/kube-controller-manager"
+  ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-scheduler" "$TESTENV_DIR/bin/kube-scheduler"
   ln -sfn "../etcd-$ETCD_VERSION/etcd" "$TESTENV_DIR/bin/etcd"
+  ln -sfn "../kwok-$KWOK_VERSION/kwok" "$TESTENV_DIR/bin/kwok"
   ln -sfn "../helm-$HELM_VERSION/helm" "$TESTENV_DIR/bin/helm"
 }
 
@@ -173,6 +185,7 @@ case "${1:-build}" in
     # Smallest first, so a failure in the long one still leaves the others usable.
     build_etcd
     build_helm
+    build_kwok
     build_kube
     link_current
     log "all binaries ready in $TESTENV_DIR/bin ($((SECONDS - start)) s)"

@@ -302,3 +302,29 @@ def test_start_failure_reports_each_components_log(tmp_path, monkeypatch):
     assert "last 40 lines of kube-apiserver" in msg and "refusing to start: flag --nonsense" in msg
     assert "last 40 lines of etcd" in msg
     assert not cp.procs  # etcd was stopped again
+
+
+async def test_pods_are_scheduled_and_run_on_fake_nodes(kube_api, namespace, fake_nodes):
+    pod = kr8s.asyncio.objects.Pod(
+        {
+            "metadata": {"name": "worker", "namespace": namespace},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "worker",
+                        "image": "example/never-pulled:1",  # kwok runs no container
+                        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+                    }
+                ]
+            },
+        },
+        api=kube_api,
+    )
+    await pod.create()
+
+    async def running() -> bool:
+        await pod.refresh()
+        return pod.status.get("phase") == "Running"
+
+    await wait_until(running, timeout=60, what="the pod turning Running")
+    assert pod.spec.nodeName in fake_nodes

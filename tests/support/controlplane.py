@@ -15,6 +15,9 @@ What it starts (all on 127.0.0.1, free ports, one temporary directory):
 - kube-controller-manager (garbage collector, namespace deletion, service-account and
   token controllers, ...), leader election off.
 
+Optionally (`ControlPlane.start_fake_nodes(n)`, `up --fake-nodes N`) kube-scheduler and kwok
+with n fake nodes, so pods are scheduled and turn Running although no container runs.
+
 It is ready when /readyz answers ok and the controller manager has created the
 ServiceAccount `default` in namespace `default` (so its controllers are running).
 """
@@ -44,6 +47,9 @@ from tests.support.testenv import MissingBinaryError, binary, free_ports, spawn,
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+FAKE_NODE_COMPONENTS = ("kube-scheduler", "kwok")
+# Nodes that kwok manages carry this annotation (and label).
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 
 class ControlPlaneError(RuntimeError):
@@ -126,6 +132,7 @@ class ControlPlane:
         self.server = ""
         self.admin_token = ""
         self.startup_seconds: float | None = None
+        self.fake_nodes: list[str] = []
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -309,6 +316,109 @@ class ControlPlane:
             "kube-controller-manager did not create the default ServiceAccount in time"
         )
 
+    # -- fake nodes -------------------------------------------------------------------
+    def start_fake_nodes(self, count: int = 2, *, cpu: str = "16", memory: str = "64Gi", timeout: float = 60.0) -> list[str]:
+        """Start kube-scheduler and kwok, and create `count` fake nodes that kwok keeps Ready,
+        so pods get scheduled and turn Running (no containers run: there is no kubelet).
+        Returns the node names. Idempotent for the processes; adds nodes up to `count`."""
+        deadline = time.monotonic() + timeout
+        names = [p.name for p in self.procs]
+        try:
+            if "kube-scheduler" not in names:
+                bins = {name: binary(name) for name in FAKE_NODE_COMPONENTS}
+                kubeconfig = self.workdir / "kube-controller-manager.kubeconfig"
+                if not kubeconfig.exists():
+                    raise ControlPlaneError("start the control plane (with the controller manager) first")
+                sched_port, kwok_port = free_ports(2)
+                self._spawn(
+                    "kube-scheduler",
+                    [
+                        str(bins["kube-scheduler"]),
+                        f"--kubeconfig={kubeconfig}",
+                        f"--authentication-kubeconfig={kubeconfig}",
+                        f"--authorization-kubeconfig={kubeconfig}",
+                        "--bind-address=127.0.0.1",
+                        f"--secure-port={sched_port}",
+                        "--leader-elect=false",
+                        "--v=1",
+                    ],
+                )
+                key, value = KWOK_NODE_ANNOTATION
+                self._spawn(
+                    "kwok",
+                    [
+                        str(bins["kwok"]),
+                        f"--kubeconfig={kubeconfig}",
+                        "--manage-all-nodes=false",
+                        f"--manage-nodes-with-annotation-selector={key}={value}",
+                        f"--server-address=127.0.0.1:{kwok_port}",
+                        "--cidr=10.244.0.0/16",
+                        "--node-ip=10.244.0.1",
+                        "-v=WARN",
+                    ],
+                )
+            nodes = [f"kwok-node-{i}" for i in range(count)]
+            for node in nodes:
+                self._ensure_fake_node(node, cpu, memory)
+            for node in nodes:
+                self._wait_node_ready(node, deadline)
+            self.fake_nodes = sorted(set(self.fake_nodes) | set(nodes))
+            return nodes
+        except MissingBinaryError:
+            raise
+        except Exception as exc:
+            raise ControlPlaneError(f"fake nodes did not come up: {exc}\n{self.logs()}") from exc
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def _ensure_fake_node(self, name: str, cpu: str, memory: str) -> None:
+        key, value = KWOK_NODE_ANNOTATION
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {key: value, "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                },
+            },
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+                "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+            },
+        }
+        code, body = self._request("POST", "/api/v1/nodes", node)
+        if code not in (201, 409):
+            raise ControlPlaneError(f"creating node {name}: HTTP {code}: {body.get('message')}")
+
+    def _wait_node_ready(self, name: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive()
+            code, body = self._request("GET", f"/api/v1/nodes/{name}")
+            conds = {c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []}
+            if code == 200 and conds.get("Ready") == "True":
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(f"node {name} not Ready in time (kwok manages it)")
+
     def stop(self) -> None:
         """Stop every component (controller manager first), remove the directory."""
         for p in reversed(self.procs):
@@ -320,7 +430,7 @@ class ControlPlane:
     def logs(self, lines: int = 40) -> str:
         """The last lines of each component's log, headed by its name."""
         out = []
-        for name in COMPONENTS:
+        for name in COMPONENTS + FAKE_NODE_COMPONENTS:
             path = self.log_path(name)
             if path.exists():
                 out.append(f"----- last {lines} lines of {name} ({path}) -----\n{tail(path, lines)}")
@@ -339,6 +449,7 @@ class ControlPlane:
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),
             "procs": [{"name": p.name, "pid": p.pid, "log": p.log} for p in self.procs],
+            "fake_nodes": self.fake_nodes,
         }
 
 
@@ -379,10 +490,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     cp._own_workdir = True
     try:
         cp.start(timeout=args.timeout)
+        if args.fake_nodes:
+            cp.start_fake_nodes(args.fake_nodes)
     except MissingBinaryError as e:
+        cp.stop()
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     except ControlPlaneError as e:
+        cp.stop()
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     _run_dir().mkdir(parents=True, exist_ok=True)
@@ -432,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager; print the kubeconfig")
     up.add_argument("--timeout", type=float, default=90.0)
     up.add_argument("--no-controller-manager", action="store_true")
+    up.add_argument(
+        "--fake-nodes", type=int, default=0, metavar="N",
+        help="also start kube-scheduler and kwok with N fake nodes, so pods turn Running",
+    )
     sub.add_parser("down", help="stop what `up` started and remove its data")
     sub.add_parser("status", help="show what `up` started")
     args = parser.parse_args(argv)

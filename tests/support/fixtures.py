@@ -5,6 +5,9 @@ Control plane (session-scoped, started once, only when a test asks for it):
                      local control plane), `.logs()`; CRDs installed (dask-kubernetes' and ours).
 - `kubeconfig`       str path of an admin kubeconfig; also exported as KUBECONFIG for the session.
 - `helm_binary`      Path of the pinned helm.
+- `fake_nodes`       names of nodes pods can run on: on the local control plane, kube-scheduler
+                     and kwok start (first use only) with 2 fake nodes, so pods get scheduled
+                     and turn Running (no container runs); on an external cluster, its nodes.
 Per test (function-scoped, async, on the test's own event loop: pytest-asyncio's default
 function loop scope; a test marked asyncio(loop_scope="session") cannot use them):
 - `kube_api`         a kr8s.asyncio.Api for the admin kubeconfig.
@@ -124,6 +127,25 @@ def kube_cluster() -> Iterator[KubeCluster]:
 @pytest.fixture(scope="session")
 def kubeconfig(kube_cluster: KubeCluster) -> str:
     return str(kube_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def fake_nodes(kube_cluster: KubeCluster) -> list[str]:
+    cp = kube_cluster.control_plane
+    if cp is None:
+
+        async def node_names() -> list[str]:
+            api = await kr8s.asyncio.api(kubeconfig=str(kube_cluster.kubeconfig))
+            return [n.name async for n in api.async_get("nodes")]
+
+        return asyncio.run(node_names())
+    try:
+        return cp.start_fake_nodes(2)
+    except MissingBinaryError as e:
+        _fail(f"fake nodes need kube-scheduler and kwok: {e}")
+    except ControlPlaneError as e:
+        _fail(str(e))
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,8 @@ def testenv_dir() -> Path:
 
 
 def binary(name: str) -> Path:
-    """Path of a pinned binary (kube-apiserver, kube-controller-manager, etcd, helm).
+    """Path of a pinned binary (kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
+    helm, kwok).
 
     Raises MissingBinaryError naming `make testenv` when it has not been built.
     """
@@ -56,8 +57,10 @@ def binary(name: str) -> Path:
     where = {
         "kube-apiserver": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-controller-manager": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kube-scheduler": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "etcd": f"etcd-{v['ETCD_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
+        "kwok": f"kwok-{v['KWOK_VERSION']}",
     }
     if name not in where:
         raise KeyError(f"unknown testenv binary {name!r}; known: {sorted(where)}")
