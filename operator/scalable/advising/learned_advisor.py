@@ -280,6 +280,10 @@ class LearnedAdvisor(BaseEstimator):
             "seconds": round(time.perf_counter() - started, 3),
         }
         self.model_version_: str | None = None
+        self.unavailable_reason_ = (
+            None if self.calibrator_ is not None and "memory" in self.models_
+            else f"too little history to train and calibrate a model ({n} records)"
+        )
         from scalable.advising.model_store import frame_digest
 
         self.training_digest_ = frame_digest(frame[["task", "end_time", "peak_memory_bytes", "duration_s"]])
