@@ -35,6 +35,8 @@ __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
 
 log = logging.getLogger("scalable.controller.workflow")
 
+HOLD_RECORD_INTERVAL_S = 60.0
+
 
 @dataclass
 class SizingResult:
@@ -161,6 +163,7 @@ class WorkflowLoop:
         self.sized_at = 0.0
         self.observed_at = 0.0
         self.errors = 0
+        self.hold_recorded: dict[str, float] = {}
 
     async def _prometheus(self, namespace: str, cluster: str, spec: ScalableWorkflowSpec, group: str | None) -> QueueMetrics:
         client = self.rt.prometheus_for(spec)
@@ -175,6 +178,18 @@ class WorkflowLoop:
         return await client.queue_metrics()
 
     async def _record(self, namespace: str, workflow: str, decisions: list[Any]) -> None:
+        # every change is recorded; a hold at most once a minute per tag (500 workflows holding
+        # every 15 s would otherwise write gigabytes a day of "nothing to do")
+        now = time.monotonic()
+        keep = []
+        for decision in decisions:
+            if decision.action != "hold" or now - self.hold_recorded.get(decision.tag, -1e9) >= HOLD_RECORD_INTERVAL_S:
+                keep.append(decision)
+                if decision.action == "hold":
+                    self.hold_recorded[decision.tag] = now
+        if not keep:
+            return
+        decisions = keep
         try:
             await asyncio.to_thread(self.rt.recorder.decisions, namespace, workflow, decisions)
         except OSError as exc:
