@@ -17,7 +17,8 @@ threads per worker); it exceeds 1 when tasks wait. Thresholds apply to it:
   predicted load (busy threads). The group is scaled up as soon as the predicted load
   crosses the threshold, before the queue fills, and is not scaled up for a queue the
   current workers will clear within the horizon anyway. It never asks for more threads
-  than there are tasks (queued, running and forecast), however long they are.
+  than there are tasks (queued, running and forecast), however long they are, and a task
+  counts for at most the horizon: within it, one thread is all a task can use.
 
 Bounds are never left, and a scale-down never goes below the workers that are busy. A tag
 changes at most once per ``cooldown_seconds`` from its last change, with two exceptions:
@@ -350,7 +351,7 @@ class AdaptiveScaler:
         horizon = self.horizon_seconds
         arriving = state.forecaster.arrivals(horizon)
         mean = prediction.mean_duration_s
-        work = (snap.queued + snap.processing / 2 + arriving) * mean
+        work = (snap.queued + arriving) * min(mean, horizon) + snap.processing * min(mean / 2, horizon)
         load = work / horizon
         capacity = snap.workers * snap.threads_per_worker
         predicted_util = self._utilisation(load, capacity)

@@ -226,3 +226,9 @@ def test_predictive_never_asks_for_more_threads_than_tasks():
     scaler = AdaptiveScaler(advisor=_FixedAdvisor(duration=600.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10)
     decision = scaler.evaluate(snap(queued=2, processing=1, workers=1, task="long"), now=0)
     assert decision.targets["demeter"] == 3, "three ten-minute tasks need three threads, not sixty"
+
+
+def test_a_task_longer_than_the_horizon_counts_as_one_busy_thread():
+    scaler = AdaptiveScaler(advisor=_FixedAdvisor(duration=100.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10)
+    decision = scaler.evaluate(snap(queued=4, processing=2, workers=2, task="long"), now=0)
+    assert decision.tags["demeter"].predicted_load == pytest.approx(6.0)
