@@ -92,3 +92,31 @@ async def test_only_callers_allowed_to_update_the_workflow_can_push(kube_api, na
             await kr8s.asyncio.objects.Namespace({"metadata": {"name": other}}, api=kube_api).delete()
         except kr8s.NotFoundError:
             pass
+
+
+async def test_tls_and_audience_bound_tokens(kube_api, namespace, sa_kubeconfig, tmp_path):
+    """With --ingest-tls-* and --ingest-audience, tokens travel over TLS and only tokens minted
+    for the operator's audience are accepted (a token for the API server is not)."""
+    import ssl
+    import subprocess
+
+    from tests.support.kube import request_token
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", scaling={"mode": "Off"}))
+    api_token = _token(await sa_kubeconfig("client"))
+    await _grant_update(kube_api, namespace, "client")
+    scoped = await request_token(kube_api, namespace, "client", audiences=["scalable"])
+    options = operator_options(namespace, tmp_path)
+    options.ingest_tls_cert, options.ingest_tls_key, options.ingest_audiences = str(cert), str(key), ["scalable"]
+    context = ssl.create_default_context(cafile=str(cert))
+    body = {"records": [_task(1)]}
+    async with running_operator(options) as op, aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        url = op.ingest_url.replace("http://", "https://")
+        status, answer = await _push(session, url, namespace, "wf", scoped, body)
+        assert status == 200 and answer["accepted"] == 1
+        status, _ = await _push(session, url, namespace, "wf", api_token, body)
+        assert status == 401, "a token for the API server's audience must not be accepted"

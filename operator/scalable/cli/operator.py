@@ -26,7 +26,10 @@ def run(
         help="Template of the Dask scheduler's HTTP address, the fallback when Prometheus fails; '' disables it.",
     ),
     metrics_port: int = typer.Option(8080, help="Port of /metrics, /healthz and /readyz."),
-    ingest_port: int = typer.Option(8081, help="Port of the telemetry ingestion endpoint (POST /v1/runs/...)."),
+    ingest_port: int = typer.Option(8081, help="Port of the telemetry ingestion endpoint (POST /v1/namespaces/...)."),
+    ingest_tls_cert: Optional[Path] = typer.Option(None, help="TLS certificate of the ingestion endpoint (PEM)."),
+    ingest_tls_key: Optional[Path] = typer.Option(None, help="Its private key (PEM)."),
+    ingest_audience: list[str] = typer.Option([], help="Accept only tokens bound to this audience (repeatable)."),
     lease_namespace: str = typer.Option("scalable-system", envvar="POD_NAMESPACE", help="Namespace of the leader Lease."),
     lease_name: str = typer.Option("scalable-operator", help="Name of the leader Lease."),
     lease_seconds: int = typer.Option(15, help="Lease duration; a standby takes over this long after the leader stops renewing."),
@@ -44,6 +47,9 @@ def run(
     if not namespace and not all_namespaces:
         typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)
         raise typer.Exit(2)
+    if bool(ingest_tls_cert) != bool(ingest_tls_key):
+        typer.echo("error: --ingest-tls-cert and --ingest-tls-key go together", err=True)
+        raise typer.Exit(2)
     if namespace and all_namespaces:
         typer.echo("error: --namespace and --all-namespaces exclude each other", err=True)
         raise typer.Exit(2)
@@ -59,6 +65,8 @@ def run(
         config=config, namespaces=list(namespace), clusterwide=all_namespaces, metrics_host=bind, metrics_port=metrics_port,
         ingest_host=bind, ingest_port=ingest_port, lease_namespace=lease_namespace, lease_name=lease_name, identity=identity,
         kubeconfig=kubeconfig, lease_seconds=lease_seconds,
+        ingest_tls_cert=str(ingest_tls_cert) if ingest_tls_cert else None,
+        ingest_tls_key=str(ingest_tls_key) if ingest_tls_key else None, ingest_audiences=list(ingest_audience) or None,
     )
     code = asyncio.run(run_operator(options))
     raise typer.Exit(code)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class RunOptions:
     metrics_port: int | None = 8080
     ingest_host: str = "0.0.0.0"
     ingest_port: int | None = 8081
+    ingest_tls_cert: str | None = None
+    ingest_tls_key: str | None = None
+    ingest_audiences: list[str] | None = None
     lease_namespace: str = "scalable-system"
     lease_name: str = "scalable-operator"
     identity: str | None = None
@@ -47,10 +51,10 @@ class RunOptions:
     lease_seconds: int = 15
 
 
-async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _serve(app: web.Application, host: str, port: int, ssl_context: Any = None) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, runner.addresses[0][1]
 
@@ -82,7 +86,13 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None, s
         if options.ingest_port is not None:
             from scalable.controller.ingest import ingest_app
 
-            runner, ports["ingest"] = await _serve(ingest_app(rt), options.ingest_host, options.ingest_port)
+            context = None
+            if options.ingest_tls_cert:
+                # callers send ServiceAccount tokens: serve them over TLS unless a mesh does
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(options.ingest_tls_cert, options.ingest_tls_key)
+            runner, ports["ingest"] = await _serve(ingest_app(rt, audiences=options.ingest_audiences),
+                                                   options.ingest_host, options.ingest_port, context)
             runners.append(runner)
         if started is not None:
             started(rt, ports, elector)

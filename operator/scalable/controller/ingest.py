@@ -51,8 +51,9 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class _Authorizer:
     """TokenReview + SubjectAccessReview with a short cache (a client pushes many batches)."""
 
-    def __init__(self, kube: Any) -> None:
+    def __init__(self, kube: Any, audiences: list[str] | None = None) -> None:
         self.kube = kube
+        self.audiences = audiences
         self._cache: dict[tuple[str, str, str], tuple[float, int, str]] = {}
 
     async def check(self, token: str, namespace: str, name: str) -> tuple[int, str]:
@@ -60,7 +61,7 @@ class _Authorizer:
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < _AUTH_TTL_S:
             return cached[1], cached[2]
-        review = await self.kube.token_review(token)
+        review = await self.kube.token_review(token, self.audiences)
         if not review.get("authenticated"):
             result = (401, review.get("error") or "the token is not valid")
         else:
@@ -99,8 +100,10 @@ def _validate(run_id: str, records: list[Any]) -> tuple[list[Any], list[dict[str
     return valid, refused
 
 
-def ingest_app(rt: Any) -> web.Application:
-    authorizer = _Authorizer(rt.kube)
+def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
+    """The aiohttp app; with ``audiences``, only tokens bound to one of them are accepted (a
+    projected token for "scalable" cannot be replayed against the API server, and vice versa)."""
+    authorizer = _Authorizer(rt.kube, audiences)
 
     async def push(request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -178,7 +181,10 @@ def ingest_app(rt: Any) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    from scalable.controller.ingest_openapi import add_openapi_route, json_errors
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     app.router.add_post("/v1/namespaces/{namespace}/scalableworkflows/{name}/runs", push)
     app.router.add_get("/healthz", healthz)
+    add_openapi_route(app)  # GET /openapi.json
     return app

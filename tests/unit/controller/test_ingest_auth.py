@@ -16,8 +16,9 @@ class ScriptedReviews:
         self.access_calls = []
         self.token_calls = 0
 
-    async def token_review(self, token):
+    async def token_review(self, token, audiences=None):
         self.token_calls += 1
+        self.audiences = audiences
         if not self.authenticated:
             return {"authenticated": False, "error": "token expired"}
         return {"authenticated": True, "user": {"username": self.username, "groups": ["system:serviceaccounts"]}}
@@ -44,6 +45,12 @@ async def test_the_question_asked_is_update_of_that_workflow():
     status, _ = await _Authorizer(reviews).check("t", "team-a", "wf")
     assert status == 200
     assert reviews.access_calls == [("system:serviceaccount:team-a:client", "team-a", "update", "scalable.dev", "scalableworkflows", "wf")]
+
+
+async def test_the_configured_audiences_are_asked_for():
+    reviews = ScriptedReviews()
+    await _Authorizer(reviews, audiences=["scalable"]).check("t", "team-a", "wf")
+    assert reviews.audiences == ["scalable"]
 
 
 async def test_decisions_are_cached_per_token_and_workflow():
