@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     floor = 1024
     learned = AdvisorPredictor("LearnedAdvisor", lambda: LearnedAdvisor(
         model_type=args.model_type, coverage=args.coverage, min_memory=floor))
-    resource = AdvisorPredictor("ResourceAdvisor", lambda: ResourceAdvisor(coverage=args.coverage, min_memory=floor))
+    # tag (user) history for unseen tasks, as the LearnedAdvisor's own fallback uses it
+    resource = AdvisorPredictor("ResourceAdvisor", lambda: ResourceAdvisor(
+        coverage=args.coverage, min_memory=floor, use_tag_history=True))
     predictors = [learned, resource]
     names = ["LearnedAdvisor", "ResourceAdvisor"]
     for variant in args.variants.split(",") if args.variants else []:
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     result = replay_many(frame, [*predictors, PercentileBaseline()], target="memory",
                          score_fraction=0.5, block_size=block, refit_every=refit, progress=progress)
     summary = summarize_memory(result, names)
+    try:  # per-job answers, for anyone digging into where slack comes from (not in the repo)
+        from _common import CACHE
+
+        result.scored.to_pickle(CACHE / "advisor_replay_scored.pkl")
+    except Exception as exc:  # pragma: no cover - a diagnostic must not fail the benchmark
+        print(f"could not keep per-job answers: {exc}", file=sys.stderr)
     diagnostics = by_method(result, summary["rates"])
 
     rows = []
