@@ -11,8 +11,9 @@ the default cluster-wide mode (ClusterRole) and watching one namespace (Role the
 A control plane of its own (kube-apiserver with the RBAC authorizer and an audit log of every
 request the operator's ServiceAccount makes). The chart's rendered ServiceAccount, ClusterRole,
 leader Role and bindings are applied as they are; `scalable operator run` (a subprocess, with
-the arguments of the rendered Deployment) authenticates with a TokenRequest token of that
-ServiceAccount. The main flow runs: a DaskCluster and its worker group, an AdvisorModel
+the arguments of the rendered Deployment and the image's environment, on a read-only root
+filesystem with an empty tmpfs on /tmp and only its volume writable, as the chart runs it)
+authenticates with a TokenRequest token of that ServiceAccount. The main flow runs: a DaskCluster and its worker group, an AdvisorModel
 trained from telemetry, a ScalableWorkflow that sizes the workers and scales replicas from the
 queue, a client pushing telemetry to the ingestion endpoint, and a clean shutdown.
 
@@ -27,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,7 +65,7 @@ from tests.support.chart import (
 )
 from tests.support.controlplane import ControlPlane, ControlPlaneError
 from tests.support.kube import dask_kubernetes_crd_files, install_crds, server_side_apply, service_account_kubeconfig
-from tests.support.testenv import MissingBinaryError, free_ports, tail, terminate
+from tests.support.testenv import REPO_ROOT, MissingBinaryError, free_ports, tail, terminate
 
 # (mode, helm release, values, namespace of the workload): the default, cluster-wide with a
 # ClusterRole; and watching one namespace with a Role there (plus the review ClusterRole).
@@ -237,6 +241,44 @@ async def test_helm_install_upgrade_uninstall_keep_the_telemetry_pvc(audited_clu
     assert (await _get_json(api, "v1", claim, ns))["metadata"]["uid"] == uid, "a new install adopts the kept PVC"
 
 
+def image_env() -> dict[str, str]:
+    """The ENV of the image's runtime stage (operator/Dockerfile), except PATH."""
+    text = (REPO_ROOT / "operator" / "Dockerfile").read_text().split(" AS runtime", 1)[1]
+    block = re.search(r"^ENV (.*?)(?<!\\)\n", text, re.M | re.S).group(1)
+    pairs = dict(re.findall(r"([A-Z_]+)=(\S+)", block))
+    pairs.pop("PATH")
+    return pairs
+
+
+def read_only_root(argv: list[str], volume: Path) -> list[str]:
+    """argv as the chart runs it: the root filesystem read-only, an empty tmpfs on /tmp (the
+    chart's emptyDir), `volume` writable (the telemetry PVC). A private mount namespace, so
+    nothing changes for any other process on the machine (needs root, as CI runs)."""
+    if not shutil.which("unshare"):
+        raise MissingBinaryError("unshare (util-linux) is not on PATH; it stands in for a container's read-only root")
+    script = ('mount --bind "$VOLUME" "$VOLUME" && mount -o remount,bind,ro / '
+              '&& mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp '
+              '&& if touch /usr/.scalable-ro-probe 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi '
+              '&& exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "env", f"VOLUME={volume}", "sh", "-c", script, "sh", *argv]
+
+
+@pytest.fixture
+def volume() -> Iterator[Path]:
+    """The operator's volume, outside /tmp (which becomes the operator's own tmpfs)."""
+    path = Path(tempfile.mkdtemp(prefix="volume-", dir=_VOLUMES_DIR()))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _VOLUMES_DIR() -> Path:
+    d = REPO_ROOT / "_output" / "test-volumes"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def _scalable_executable() -> list[str]:
     script = Path(sys.executable).parent / "scalable"
     return [str(script)] if script.exists() else [sys.executable, "-c", "from scalable.cli.main import main; main()"]
@@ -257,7 +299,8 @@ async def _token_of(kubeconfig: Path) -> str:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str, audited_cluster: AuditedCluster, tmp_path: Path):
+async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str, audited_cluster: AuditedCluster, tmp_path: Path,
+                                                                      volume: Path):
     cp = audited_cluster.cp
     release, values, WORK = MODES[mode]
     fullname = release if "scalable-operator" in release else f"{release}-scalable-operator"
@@ -271,7 +314,7 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str
             await kr8s.asyncio.objects.Namespace({"metadata": {"name": ns}}, api=admin).create()
     apply_documents(cp.kubeconfig, rbac)
     sa_config = await service_account_kubeconfig(admin, cp.kubeconfig, RELEASE_NAMESPACE, fullname,
-                                                 tmp_path / "operator.kubeconfig", create=False)
+                                                 volume / "operator.kubeconfig", create=False)
 
     # a client allowed to push telemetry for workflows in WORK (update on scalableworkflows)
     client = await service_account_kubeconfig(admin, cp.kubeconfig, WORK, "client", tmp_path / "client.kubeconfig")
@@ -285,7 +328,7 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str
                                     "subjects": [{"kind": "ServiceAccount", "name": "client", "namespace": WORK}]},
                             plural="rolebindings", field_manager="test", force=True)
 
-    telemetry = tmp_path / "telemetry"
+    telemetry = volume / "telemetry"
     write_history(telemetry / WORK / "runs", peak_gib=3.0, n=40)
     exporter = await QueueExporter(queued=40, processing=2, workers=1).start()
     await create_dask_cluster(admin, WORK, "sim", replicas=1)
@@ -304,10 +347,11 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str
     else:
         assert "--all-namespaces" in args, "the default chart watches every namespace with a ClusterRole"
     log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(sa_config), "POD_NAMESPACE": RELEASE_NAMESPACE, "POD_NAME": "operator-0",
-           "PYTHONUNBUFFERED": "1"}
+    # the container's view: the image's ENV (HOME=/tmp, MPLCONFIGDIR, ...), read-only root, tmpfs /tmp
+    env = {**os.environ, **image_env(), "KUBECONFIG": str(sa_config), "POD_NAMESPACE": RELEASE_NAMESPACE,
+           "POD_NAME": "operator-0"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*_scalable_executable(), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(read_only_root([*_scalable_executable(), *args], volume), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
         def alive_and(predicate):
