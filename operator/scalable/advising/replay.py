@@ -304,6 +304,8 @@ class AdvisorPredictor:
                 "duration": [_attr(r, "predicted_duration_s") for r in recs],
                 "confidence": [_attr(r, "confidence") for r in recs],
                 "method": [_attr(r, "method") for r in recs],
+                # what a fallback answered with (e.g. "default" for a never-seen task), if said
+                "fallback": [(getattr(r, "details", None) or {}).get("fallback_method") for r in recs],
             },
             index=jobs.index,
         )
@@ -527,6 +529,7 @@ def replay_many(
                     part[f"{p.name}:duration"] = pd.to_numeric(pred["duration"], errors="coerce").to_numpy(dtype=float)
                 part[f"{p.name}:confidence"] = pd.to_numeric(pred["confidence"], errors="coerce").to_numpy()
                 part[f"{p.name}:method"] = pred["method"].to_numpy()
+                part[f"{p.name}:fallback"] = pred["fallback"].to_numpy()
         answers.append(part)
         done += len(block)
         if progress:
