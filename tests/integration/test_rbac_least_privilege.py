@@ -223,6 +223,12 @@ async def test_helm_install_upgrade_uninstall_keep_the_telemetry_pvc(audited_clu
         assert conditions.get("Established") == "True", conditions
     assert "kubectl apply -n <your-namespace> -f examples/" in audited_cluster.install_output, "NOTES.txt says what to do next"
 
+    # a wrong value fails at install time, before anything is created
+    bad = helm("install", "bad", str(CHART_DIR), "--namespace", ns, "--set", "telemetry.persistence.size=lots",
+               kubeconfig=cp.kubeconfig, check=False)
+    assert bad.returncode != 0 and "values don't meet the specifications of the schema" in bad.stderr, bad.stderr
+    assert await _get_json(api, "apps/v1", "deployments/bad-scalable-operator", ns) is None
+
     claim = f"persistentvolumeclaims/{HELM_FULLNAME}-telemetry"
     pvc = await _get_json(api, "v1", claim, ns)
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
