@@ -45,7 +45,7 @@ MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
 #: the latest rows each model type is trained on at most (the training metadata records it):
 #: enough to learn from, and what keeps training 1M records within a minute and 2 GiB on two
 #: cores (the boosted trees copy their input to float64 before binning it)
-DEFAULT_MAX_ROWS = {"gradient_boosting": 500_000, "random_forest": 150_000, "quantile_regression": 10_000}
+DEFAULT_MAX_ROWS = {"gradient_boosting": 300_000, "random_forest": 150_000, "quantile_regression": 10_000}
 #: the spread, cpu and duration models learn from at most the latest this many rows: they
 #: need less precision than the memory centre, and it keeps 1M records under a minute
 SECONDARY_MAX_ROWS = 300_000
@@ -80,6 +80,7 @@ def _make_model(model_type: str, categorical: np.ndarray, random_state: int, rol
             max_iter={"point": 100, "spread": 30}.get(role, 40),
             learning_rate=0.1 if role == "point" else 0.25,
             max_leaf_nodes=31,
+            max_bins=127,
             min_samples_leaf=20,
             l2_regularization=1.0,
             categorical_features=None,
