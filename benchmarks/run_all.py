@@ -100,7 +100,19 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
                   f"{_pct(cal['learned']['under_provision_rate'])} of jobs (promised {_pct(cal['promised_under_provision'])}), "
                   f"slack {_pct(cal['learned']['slack'])}; ResourceAdvisor {_pct(cal['resource']['under_provision_rate'])}, "
                   f"slack {_pct(cal['resource']['slack'])}.",
-                  f"- Trade-off plot: [{Path(rep['plot']).name}]({Path(rep['plot']).name})", ""]
+                  f"- Trade-off plot: [{Path(rep['plot']).name}]({Path(rep['plot']).name})"]
+        for m, d in (rep.get("by_method") or {}).items():
+            d2 = d.get("0.02", {})
+            lines.append(f"- Diagnostic, jobs the LearnedAdvisor answered with method `{m}` ({d['n']} jobs, "
+                         f"{_pct(d['share'])}): slack at 2% {_pct(d2.get('learned_slack'))} vs best percentile rule on "
+                         f"the same jobs {_pct(d2.get('best_percentile_slack'))}.")
+        for name, e in rep["summary"]["advisors"].items():
+            if name.startswith("LearnedAdvisor["):
+                lines.append(f"- Variant {name}: slack at 1/2/5% = "
+                             + " / ".join(_pct(e["at_rate"][r]["slack"]) for r in e["at_rate"])
+                             + f"; as configured {_pct(e['as_is']['under_provision_rate'])} under, "
+                               f"{_pct(e['as_is']['slack'])} slack.")
+        lines.append("")
     else:
         lines += ["(no result yet: `python benchmarks/bench_advisor_replay.py`)", ""]
 
