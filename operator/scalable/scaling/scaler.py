@@ -43,6 +43,8 @@ from scalable.scaling.forecast import ArrivalForecaster
 __all__ = ["AdaptiveScaler", "TagSnapshot"]
 
 _CACHE_LIMIT = 4096
+#: added to the cooldown for the default horizon: what it takes a new worker to start and join
+_START_UP_ALLOWANCE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class _Prediction:
 class AdaptiveScaler:
     """Decides worker counts per tag; see the module docstring for the rules.
 
+    ``horizon_seconds`` defaults to the cooldown plus 30 s: what arrives before the scaler
+    can act again and a new worker has joined is what it must provision for now.
     ``min_workers`` and ``max_workers`` are an int for every tag or a dict per tag (a dict
     may carry ``"*"`` as the default); a tag with no bounds is held. ``advisor`` is any
     object with ``recommend_batch([{"task", "input_features"}])`` returning
@@ -133,7 +137,7 @@ class AdaptiveScaler:
         cooldown_seconds: float = 60.0,
         *,
         target_utilisation: float | None = None,
-        horizon_seconds: float = 30.0,
+        horizon_seconds: float | None = None,
         min_confidence: float = 0.5,
         max_scale_up_step: int | None = None,
         max_scale_down_step: int = 1,
@@ -143,6 +147,8 @@ class AdaptiveScaler:
             raise ValueError(
                 f"need 0 < scale_down_threshold < scale_up_threshold, got {scale_down_threshold} and {scale_up_threshold}"
             )
+        if horizon_seconds is None:
+            horizon_seconds = cooldown_seconds + _START_UP_ALLOWANCE_S
         if cooldown_seconds < 0 or horizon_seconds <= 0:
             raise ValueError("cooldown_seconds must be >= 0 and horizon_seconds > 0")
         if max_scale_down_step < 1 or (max_scale_up_step is not None and max_scale_up_step < 1):

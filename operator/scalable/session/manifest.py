@@ -75,7 +75,7 @@ class ScalingSettings(_Model):
     scale_up_threshold: float = Field(default=0.8, gt=0)
     scale_down_threshold: float = Field(default=0.3, gt=0)
     cooldown_seconds: float = Field(default=60.0, ge=0)
-    horizon_seconds: float = Field(default=30.0, gt=0)
+    horizon_seconds: float | None = Field(default=None, gt=0, description="default: cooldown_seconds + 30")
     min_confidence: float = Field(default=0.5, ge=0, le=1)
     max_scale_down_step: int = Field(default=1, ge=1)
 
@@ -183,7 +183,7 @@ scaling:
   scale_up_threshold: 0.8        # utilisation = tasks in flight / (workers x threads)
   scale_down_threshold: 0.3
   cooldown_seconds: 60           # per group, from the last change
-  horizon_seconds: 30            # predictive: workers to finish the predicted work within this
+  horizon_seconds: 90            # predictive look-ahead: the cooldown plus a worker's start-up
   min_confidence: 0.5            # below it the scaler is reactive and says so
   max_scale_down_step: 1         # idle workers retired per decision
 
