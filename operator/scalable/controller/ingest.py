@@ -133,7 +133,10 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
         records = body["records"]
         if len(records) > MAX_RECORDS:
             return _error(413, f"at most {MAX_RECORDS} records per request")
-        run = dict(body.get("run") or {})
+        run = body.get("run") or {}
+        if not isinstance(run, dict):
+            return _error(400, "'run' must be a JSON object: {\"run_id\": ..., \"labels\": {...}}")
+        run = dict(run)
         run_id = run.pop("run_id", None) or new_run_id()
         if not isinstance(run_id, str) or not is_run_dir_name(run_id):
             return _error(400, f"invalid run_id {run_id!r}: letters, digits and . _ : @ + -, not starting with . or -")
