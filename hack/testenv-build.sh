@@ -31,6 +31,8 @@ export CGO_ENABLED=0
 log() { printf '[testenv-build %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { printf '[testenv-build] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Go's usual install places, in case a non-login shell's PATH lacks them.
+PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 command -v go >/dev/null || die "go is not on PATH; the control plane is built from the Go module proxy (needs Go >= ${GO_MIN_VERSION})"
 
 kube_minor() { local v="${KUBERNETES_VERSION#v}"; echo "${v#*.}" | cut -d. -f1; }
