@@ -1,7 +1,6 @@
 """LearnedAdvisor: a model of peak memory, CPU and duration with calibrated, honest confidence.
 
-Three models per target family are cheap to keep apart and hard to get right together, so the
-design is deliberately plain:
+Separate plain models are easier to get right than one clever one, so the design is:
 
 * a point model predicts log peak memory (and log cpus, log duration) from the task's input
   features and its history statistics (see :mod:`scalable.advising.features`);
