@@ -148,6 +148,10 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
                   f"| recommend_batch throughput | {f['batch_per_s']:,.0f} /s | >= 50,000 /s | {_yes(m['batch_per_s'])} |",
                   f"| training, {f['records']:,} records | {f['train_s']:.1f} s | < 60 s | {_yes(m['train_s'])} |",
                   f"| peak RSS of the training process | {f['peak_rss_gib']:.2f} GiB | < 2 GiB | {_yes(m['peak_rss_gib'])} |", ""]
+        if "train_cpu_s" in f:
+            lines += [f"Wall times above include the neighbours' load. What the work itself cost in CPU time: training "
+                      f"{f['train_cpu_s']:.1f} CPU-s (all threads), batch {f['batch_per_cpu_s']:,.0f} recommendations per "
+                      f"CPU-second, single recommend {f['latency_mean_cpu_ms']:.3f} CPU-ms on average.", ""]
     else:
         lines += ["(no result yet: `python benchmarks/bench_inference.py`)", ""]
 
