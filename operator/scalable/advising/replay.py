@@ -306,6 +306,9 @@ class AdvisorPredictor:
                 "method": [_attr(r, "method") for r in recs],
                 # what a fallback answered with (e.g. "default" for a never-seen task), if said
                 "fallback": [(getattr(r, "details", None) or {}).get("fallback_method") for r in recs],
+                # the model's central estimate, when it says: lets a replay tell whether the
+                # interval (not the estimate) is what costs slack
+                "median": [(getattr(r, "details", None) or {}).get("predicted_median_memory_bytes") for r in recs],
             },
             index=jobs.index,
         )
@@ -530,6 +533,7 @@ def replay_many(
                 part[f"{p.name}:confidence"] = pd.to_numeric(pred["confidence"], errors="coerce").to_numpy()
                 part[f"{p.name}:method"] = pred["method"].to_numpy()
                 part[f"{p.name}:fallback"] = pred["fallback"].to_numpy()
+                part[f"{p.name}:median"] = pd.to_numeric(pred["median"], errors="coerce").to_numpy(dtype=float)
         answers.append(part)
         done += len(block)
         if progress:
