@@ -45,10 +45,17 @@ def by_method(result, rates) -> dict:
     out = {}
     for method, rows in sc.groupby("LearnedAdvisor:method"):
         entry = {"n": int(len(rows)), "share": len(rows) / len(sc)}
+        if "LearnedAdvisor:fallback" in rows.columns:
+            entry["fallback_methods"] = {str(k): int(v) for k, v in
+                                         rows["LearnedAdvisor:fallback"].fillna("-").value_counts().items()}
         for r in rates:
             learned = slack_at_rate(rows["LearnedAdvisor"], rows["used"], r)["slack"]
             best = min(slack_at_rate(rows[c], rows["used"], r)["slack"] for c in sc.columns if " of task" in c)
             entry[f"{r:g}"] = {"learned_slack": learned, "best_percentile_slack": best}
+            centre = rows.get("LearnedAdvisor:median")
+            if centre is not None and centre.notna().all():
+                # the model's median estimate x one margin: does the interval cost the slack?
+                entry[f"{r:g}"]["learned_centre_slack"] = slack_at_rate(centre, rows["used"], r)["slack"]
         out[str(method)] = entry
     return out
 
