@@ -58,6 +58,10 @@ def run_trace(name: str, max_jobs: int | None, args: argparse.Namespace) -> dict
     if REQ in sc.columns:
         predictors["requested time"] = sc[REQ].astype(float)
     predictors["mean of user's last two"] = sc["baseline.last2"]
+    if REQ in sc.columns:
+        # not an advisor: shows what using the requested time as a ceiling would add (a job is
+        # killed at its requested time, so the true duration rarely exceeds it)
+        predictors["LearnedAdvisor capped at requested (diagnostic)"] = np.fmin(sc["LearnedAdvisor"], sc[REQ].astype(float))
     if "baseline.last2_capped" in sc.columns:
         predictors["last two, capped at requested"] = sc["baseline.last2_capped"]
     # The references are scored on the same jobs (those where each reference has an answer: the
@@ -66,12 +70,12 @@ def run_trace(name: str, max_jobs: int | None, args: argparse.Namespace) -> dict
     # answer rate says how often that was.
     common = truth.notna()
     for name, values in predictors.items():
-        if name != "LearnedAdvisor":
+        if not name.startswith("LearnedAdvisor"):
             common &= values.notna()
     learned_rows = common & predictors["LearnedAdvisor"].notna()
     scores = {}
     for name, values in predictors.items():
-        rows = learned_rows if name == "LearnedAdvisor" else common
+        rows = learned_rows if name.startswith("LearnedAdvisor") else common
         scores[name] = score_duration(values[rows], truth[rows])
     on_learned_rows = {name: score_duration(values[learned_rows], truth[learned_rows])
                        for name, values in predictors.items()}
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {}
     for name, res in results.items():
         mae = {k: v["mae_s"] for k, v in res["scores_on_jobs_learned_answered"].items()}
-        refs = {k: v for k, v in mae.items() if k != "LearnedAdvisor" and v == v}
+        refs = {k: v for k, v in mae.items() if not k.startswith("LearnedAdvisor") and v == v}
         best[name] = {"learned_answer_rate": res["answer_rate"]["LearnedAdvisor"],
                       "learned_mae_s": mae["LearnedAdvisor"],
                       "best_reference": min(refs, key=refs.get) if refs else None,
