@@ -27,7 +27,7 @@ import pandas as pd
 
 from scalable.advising.resource_advisor import usage_columns
 
-__all__ = ["FeatureEncoder", "GroupStats", "FEATURE_PREFIX", "GROUPS", "TARGET_COLUMNS", "log_targets"]
+__all__ = ["FeatureEncoder", "GroupStats", "HistoryLog", "FEATURE_PREFIX", "GROUPS", "TARGET_COLUMNS", "log_targets"]
 
 FEATURE_PREFIX = "feature."
 #: the groups whose history describes a task: itself, its tag (user or worker group), and
@@ -140,6 +140,35 @@ class GroupStats:
     def row(self, key: str) -> np.ndarray | None:
         position = self.index.get(key)
         return None if position is None else self.table[position]
+
+    def replaced(self, keys: Sequence[str], rows: np.ndarray) -> "GroupStats":
+        """A copy with the statistics of ``keys`` replaced (or added) by ``rows``."""
+        index = dict(self.index)
+        table = self.table
+        fresh = [k for k in keys if k not in index]
+        if fresh:
+            for k in fresh:
+                index[k] = len(index)
+            table = np.vstack([table, np.empty((len(fresh), table.shape[1]))]) if table.size else np.empty(
+                (len(fresh), rows.shape[1]))
+        else:
+            table = table.copy()
+        table[[index[k] for k in keys]] = rows
+        return GroupStats(index, table)
+
+
+@dataclass
+class HistoryLog:
+    """The group keys, log targets and end times of every known run: what lets
+    :meth:`FeatureEncoder.extend_history` recompute only the groups that new runs touched."""
+
+    keys: dict[str, np.ndarray]
+    values: np.ndarray
+    end_time: np.ndarray
+
+    @classmethod
+    def of(cls, encoder: "FeatureEncoder", frame: pd.DataFrame) -> "HistoryLog":
+        return cls(encoder.group_keys(frame), log_targets(frame).to_numpy(), frame["end_time"].to_numpy(dtype=float))
 
 
 def _as_of_stats(
@@ -271,6 +300,31 @@ class FeatureEncoder:
         else:
             self.task_tags_ = {}
         return state
+
+    def extend_history(
+        self, state: Mapping[str, GroupStats], log: HistoryLog, new: pd.DataFrame
+    ) -> tuple[dict[str, GroupStats], HistoryLog]:
+        """``state`` and ``log`` once the runs in ``new`` are known too, recomputing only the
+        groups those runs belong to (the same numbers :meth:`history` gives on everything)."""
+        added = HistoryLog.of(self, new)
+        merged = HistoryLog(
+            {g: np.concatenate([log.keys[g], added.keys[g]]) for g in GROUPS},
+            np.vstack([log.values, added.values]),
+            np.concatenate([log.end_time, added.end_time]),
+        )
+        out: dict[str, GroupStats] = {}
+        for group in GROUPS:
+            touched = pd.unique(added.keys[group])
+            rows = np.flatnonzero(pd.Index(touched).get_indexer(merged.keys[group]) >= 0)
+            codes, uniques = pd.factorize(merged.keys[group][rows])
+            every = np.arange(len(uniques))
+            table = _as_of_stats(codes, merged.end_time[rows], merged.values[rows], every, np.full(len(every), np.inf))
+            out[group] = state[group].replaced([str(k) for k in uniques], table)
+        if "tag" in new.columns and len(new):
+            ordered = new.sort_values("end_time", kind="stable")[["task", "tag"]].dropna()
+            last = ordered.groupby("task", sort=False)["tag"].last()
+            self.task_tags_.update({str(k): _tag_key(v) for k, v in last.items()})
+        return out, merged
 
     # --- matrices ----------------------------------------------------------------------------
 

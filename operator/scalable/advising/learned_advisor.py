@@ -33,7 +33,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from scalable.advising.calibration import ConformalCalibrator
-from scalable.advising.features import FeatureEncoder, log_targets, pack_history, unpack_history
+from scalable.advising.features import FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.units import parse_memory
@@ -196,6 +196,7 @@ class LearnedAdvisor(BaseEstimator):
         X = self.encoder_.transform_training(frame)
         targets = log_targets(frame)
         self.history_ = self.encoder_.history(frame)
+        self._log = HistoryLog.of(self.encoder_, frame)
         self.feature_names_ = list(self.encoder_.feature_names_)
 
         n = len(frame)
@@ -297,7 +298,23 @@ class LearnedAdvisor(BaseEstimator):
         self._require_fitted()
         frame = frame.sort_values("end_time", kind="stable").reset_index(drop=True)
         self.history_ = self.encoder_.history(frame)
+        self._log = HistoryLog.of(self.encoder_, frame)
         self.fallback_.update(frame)
+        self._reset_caches()
+        return self
+
+    def extend(self, new: pd.DataFrame) -> "LearnedAdvisor":
+        """Add only newly finished runs: like ``update`` on everything known, but recomputing
+        only the groups the new runs belong to. Needs the history this advisor was fitted or
+        updated on (a loaded model has none: call ``update(history)`` once first)."""
+        self._require_fitted()
+        log = getattr(self, "_log", None)
+        if log is None:
+            raise RuntimeError("extend() needs the known history: call update(history) once after load()")
+        if len(new) == 0:
+            return self
+        self.history_, self._log = self.encoder_.extend_history(self.history_, log, new)
+        self.fallback_.extend(new)
         self._reset_caches()
         return self
 

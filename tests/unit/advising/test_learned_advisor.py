@@ -165,3 +165,19 @@ def test_oom_floor_and_minimum_apply_to_learned_answers(history):
     frame.loc[last, ["state", "peak_memory_bytes"]] = ["oom_killed", 40.0 * 1024**3]
     rec = LearnedAdvisor().fit(frame).recommend("task_0", FEATURES)
     assert rec.memory_bytes >= 1.2 * 40 * 1024**3
+
+
+def test_extend_with_new_runs_equals_update_with_everything():
+    frame = make_frame(n_tasks=3, runs_per_task=80, seed=9).sort_values("end_time").reset_index(drop=True)
+    updated = LearnedAdvisor().fit(frame.iloc[:150])
+    extended = LearnedAdvisor().fit(frame.iloc[:150])
+    updated.update(frame)
+    for start in range(150, len(frame), 30):
+        extended.extend(frame.iloc[start:start + 30])
+    for group in ("task", "tag", "config"):
+        a, b = updated.history_[group], extended.history_[group]
+        assert set(a.index) == set(b.index)
+        for key in a.index:
+            assert np.allclose(a.row(key), b.row(key), equal_nan=True)
+    reqs = requests(frame.iloc[-40:])
+    assert [r.memory_bytes for r in updated.recommend_batch(reqs)] == [r.memory_bytes for r in extended.recommend_batch(reqs)]
