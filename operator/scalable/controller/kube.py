@@ -147,9 +147,14 @@ class KubeClient:
     async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return await self.merge_patch(kind, namespace, name, {"status": dict(status)}, subresource="status")
 
-    async def set_replicas(self, kind: str, namespace: str, name: str, replicas: int, resource_version: str) -> dict[str, Any]:
-        """``spec.worker.replicas`` of a DaskCluster or DaskWorkerGroup, only if unchanged since read."""
-        return await self.merge_patch(kind, namespace, name, {"spec": {"worker": {"replicas": int(replicas)}}}, resource_version)
+    async def set_replicas(self, kind: str, namespace: str, name: str, replicas: int, resource_version: str,
+                           annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``spec.worker.replicas`` of a DaskCluster or DaskWorkerGroup, only if unchanged since read;
+        ``annotations`` are written in the same patch (atomically with the replicas)."""
+        body: dict[str, Any] = {"spec": {"worker": {"replicas": int(replicas)}}}
+        if annotations:
+            body["metadata"] = {"annotations": dict(annotations)}
+        return await self.merge_patch(kind, namespace, name, body, resource_version)
 
     async def event(self, obj: Mapping[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event about ``obj``; failures to record an Event never fail a reconcile."""

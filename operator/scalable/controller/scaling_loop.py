@@ -8,9 +8,11 @@ Rules that make it safe to run again at any moment, including right after a rest
 * **Decide from what is observed.** The "from" count is the ``spec.worker.replicas`` read in
   this poll, and the target is absolute; a poll repeated after a crash between patch and
   status write re-reads the patched replicas and does not add workers twice.
-* **Cooldown survives restarts.** The time replicas last changed is in
-  ``status.groups[].lastScaleTime``; a fresh scaler (new process) is held back by it, not
-  only by its own memory.
+* **Cooldown survives restarts.** The time replicas last changed is written in the same
+  patch as the replicas (annotation ``scalable.dev/last-scale`` on the DaskCluster or
+  DaskWorkerGroup) and then in ``status.groups[].lastScaleTime``; a fresh scaler (new process)
+  is held back by the later of the two, so even a crash between the replica patch and the
+  status write cannot shorten the cooldown.
 * **Never fight another scaler.** A DaskAutoscaler on the same cluster makes the poll hold with
   ``Scaling=False, reason=ConflictingAutoscaler``.
 * **Degrade, never guess.** Prometheus unavailable -> the scheduler's own ``/metrics`` ->
@@ -27,6 +29,7 @@ approximation the decision reason states.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +43,10 @@ from scalable.scaling.decision import TagDecision
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.units import QuantityError, parse_cpu
 
-__all__ = ["GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets"]
+__all__ = ["ANNOTATION_LAST_SCALE", "GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets"]
+
+#: on the DaskCluster / DaskWorkerGroup, written atomically with the replicas it explains
+ANNOTATION_LAST_SCALE = "scalable.dev/last-scale"
 
 MetricsFn = Callable[[str, str, ScalableWorkflowSpec, "str | None"], Awaitable[QueueMetrics]]
 SchedulerFn = Callable[[str, str], Awaitable[QueueMetrics]]
@@ -77,6 +83,17 @@ class GroupTarget:
     @property
     def resource_version(self) -> str:
         return self.obj["metadata"]["resourceVersion"]
+
+    def last_scale(self, workflow_key: str) -> float | None:
+        """When this workflow last changed these replicas, from the annotation written with them."""
+        note = ((self.obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_LAST_SCALE)
+        try:
+            data = json.loads(note) if note else {}
+        except ValueError:
+            return None
+        if data.get("workflow") != workflow_key:
+            return None
+        return parse_time(data.get("time"))
 
     def threads_per_worker(self) -> int:
         """Dask gives a worker one thread per CPU of its limit; 1 when nothing is set."""
@@ -219,6 +236,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
     previous = {g.get("name"): g for g in status.get("groups") or []}
     result = PollResult()
     cluster_name = spec.clusterRef.name
+    workflow_key = f"{namespace}/{body['metadata']['name']}"
 
     cluster, targets, problems = await resolve_targets(deps.kube, namespace, spec)
     if cluster is None:
@@ -282,7 +300,8 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
     for tag, tag_decision in decision.tags.items():
         target = by_tag[tag]
         g = target.group
-        last_scale = parse_time((previous.get(g.name) or {}).get("lastScaleTime"))
+        known = [t for t in (parse_time((previous.get(g.name) or {}).get("lastScaleTime")), target.last_scale(workflow_key)) if t]
+        last_scale = max(known) if known else None
         tag_decision = _with_cooldown(tag_decision, last_scale, spec.scaling.cooldownSeconds, now, g.minWorkers, g.maxWorkers)
         if len(targets) > 1 and not per_group and tag_decision.action != "hold":
             tag_decision = _annotated(tag_decision, f" (cluster queue split by maxWorkers: {shares[g.name]:.0%} to group {g.name!r})")
@@ -290,7 +309,10 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         group_status["desiredReplicas"] = tag_decision.to_workers
         if tag_decision.action != "hold":
             try:
-                await deps.kube.set_replicas(target.kind, namespace, target.name, tag_decision.to_workers, target.resource_version)
+                note = json.dumps({"workflow": workflow_key, "time": now_rfc3339(now), "from": tag_decision.from_workers,
+                                   "to": tag_decision.to_workers}, sort_keys=True)
+                await deps.kube.set_replicas(target.kind, namespace, target.name, tag_decision.to_workers, target.resource_version,
+                                             annotations={ANNOTATION_LAST_SCALE: note})
             except Conflict:
                 result.condition("Scaling", True, "Conflict", f"{target.kind} {target.name!r} changed while deciding; deciding again next poll")
                 group_status["desiredReplicas"] = target.replicas

@@ -28,7 +28,15 @@ from scalable.controller.kube import Conflict, KubeError
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
 from scalable.controller.resources import ScalableWorkflowSpec
 from scalable.controller.runtime import Runtime, no_prometheus
-from scalable.controller.scaling_loop import GroupTarget, PollDeps, _features, make_scaler, poll_once, resolve_targets
+from scalable.controller.scaling_loop import (
+    ANNOTATION_LAST_SCALE,
+    GroupTarget,
+    PollDeps,
+    _features,
+    make_scaler,
+    poll_once,
+    resolve_targets,
+)
 from scalable.units import format_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
@@ -328,8 +336,8 @@ async def cleanup_workflow(rt: Runtime, body: Mapping[str, Any]) -> list[str]:
     """On deletion: leave the DaskCluster and its workers alone, remove the operator's marks.
 
     The operator creates no Kubernetes objects for a workflow (Events expire by themselves);
-    what it leaves on others is the ``scalable.dev/sized`` annotation on the DaskCluster and
-    DaskWorkerGroups, which is removed. The resources it wrote stay: they are the cluster's
+    what it leaves on others are the ``scalable.dev/sized`` and ``scalable.dev/last-scale``
+    annotations on the DaskCluster and DaskWorkerGroups, which are removed. The resources it wrote stay: they are the cluster's
     configuration now. Telemetry stays too (see :mod:`storage`). Returns what was cleaned.
     """
     namespace = body["metadata"]["namespace"]
@@ -344,11 +352,12 @@ async def cleanup_workflow(rt: Runtime, body: Mapping[str, Any]) -> list[str]:
     for kind, obj_name in names:
         obj = await rt.kube.get(kind, namespace, obj_name)
         annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-        note = annotations.get(sizing.ANNOTATION_SIZED)
-        if not note or f'"workflow": "{key}"' not in note:
+        ours = {name: None for name in (sizing.ANNOTATION_SIZED, ANNOTATION_LAST_SCALE)
+                if annotations.get(name) and f'"workflow": "{key}"' in annotations[name]}
+        if not ours:
             continue
         try:
-            await rt.kube.merge_patch(kind, namespace, obj_name, {"metadata": {"annotations": {sizing.ANNOTATION_SIZED: None}}})
+            await rt.kube.merge_patch(kind, namespace, obj_name, {"metadata": {"annotations": ours}})
             cleaned.append(f"{kind}/{obj_name}")
         except KubeError as exc:
             log.warning("could not remove the sizing annotation from %s %s: %s", kind, obj_name, exc)
