@@ -62,6 +62,7 @@ def _queries(job):
 async def test_queue_drains_and_replicas_follow(kube_api, namespace, tmp_path, prometheus, dask_cluster_factory):
     dask = dask_cluster_factory(n_workers=1, nthreads=1)
     prometheus.add_target("dask", dask.scheduler_metrics)
+    prometheus.add_target("dask-workers", *dask.worker_metrics)  # the first worker's memory, observed by the operator
     await asyncio.to_thread(prometheus.wait_for, 'sum(dask_scheduler_workers{job="dask"})', lambda v: v == 1, 30)
     await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
     groups = [{"name": "default", "task": "sleep_task", "minWorkers": 1, "maxWorkers": 4}]
@@ -103,6 +104,9 @@ async def test_queue_drains_and_replicas_follow(kube_api, namespace, tmp_path, p
     assert "scale_up" in actions and "scale_down" in actions
     up = next(d for d in decisions if d["action"] == "scale_up")
     assert up["from_workers"] == 1 and up["to_workers"] == 4 and up["queued"] > 0 and "utilisation" in up["reason"]
+    samples = [json.loads(line) for path in (tmp_path / namespace / "runs").glob("operator-wf-*/workers.jsonl")
+               for line in path.read_text().splitlines()]
+    assert samples and all(s["memory_bytes"] > 0 and s["tag"] == "default" for s in samples), "worker memory is recorded"
     async with kube_api.call_api("GET", version="v1", namespace=namespace, url="events") as response:
         reasons = {e["reason"] for e in response.json()["items"] if e["involvedObject"]["name"] == "wf"}
     assert {"ScaledUp", "ScaledDown"} <= reasons

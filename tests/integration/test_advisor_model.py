@@ -60,3 +60,33 @@ async def test_training_reports_in_status_and_the_workflow_uses_the_model(kube_a
         assert wf["status"]["groups"][0]["recommendation"]["modelVersion"] == "v1"
         assert condition(wf, "ModelReady")["status"] == "True"
         assert float(wf["status"]["confidence"]) > 0
+
+
+async def test_predictive_scaling_uses_the_models_durations(kube_api, namespace, tmp_path, prometheus):
+    from tests.integration.harness import QueueExporter, job_queries
+
+    write_history(tmp_path / namespace / "runs", n=150, duration_s=20.0, spread=0.2)
+    exporter = await QueueExporter(queued=6, processing=1).start()
+    prometheus.add_target("q", exporter.address)
+    await create(kube_api, namespace, advisor_model("demand"))
+    await create_dask_cluster(kube_api, namespace, "sim")
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 10, "resourcePolicy": {"mode": "Off"}}]
+    scaling = {"mode": "Predictive", "pollIntervalSeconds": 1, "cooldownSeconds": 0,
+               "prometheus": {"queries": job_queries("q"), "timeoutSeconds": 2}}
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling, advisor_model="demand"))
+    try:
+        async with running_operator(operator_options(namespace, tmp_path, prometheus_url=prometheus.url)):
+            async def predictive():
+                wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
+                decision = ((wf.get("status") or {}).get("groups") or [{}])[0].get("lastDecision") or {}
+                return wf if decision.get("mode") == "predictive" else None
+
+            wf = await wait_until(predictive, timeout=240, what="a predictive decision")
+            decision = wf["status"]["groups"][0]["lastDecision"]
+            assert decision["predictedLoad"] is not None and decision["predictedLoad"] > 0
+            assert 0 < decision["confidence"] <= 1
+            assert "predicted" in decision["reason"]
+            cluster = await get(kube_api, namespace, "DaskCluster", "sim")
+            assert 1 <= cluster["spec"]["worker"]["replicas"] <= 10
+    finally:
+        await exporter.stop()
