@@ -359,7 +359,7 @@ def _parse_slow(run_file: _RunFile, data: bytes, out: _Columns, report: SkipRepo
             continue
         try:
             obj = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a nesting bomb
             reason = "truncated_line" if number == last and not ends_clean else "corrupt_line"
             report.add(reason, f"{where}:{number + 1}")
             continue
@@ -394,12 +394,25 @@ def _all(mask: pa.ChunkedArray | pa.Array) -> bool:
     return bool(pc.all(mask.fill_null(False)).as_py() is not False) if len(mask) else True
 
 
+_LONG_LINE = 16 << 10
+
+
+def _has_long_line(data: bytes) -> bool:
+    """True if ``data`` may hold a line of ``_LONG_LINE`` bytes or more (no record is that long,
+    a nesting bomb is). Every such line covers a whole window of half that size without a newline,
+    so probing one ``find`` per window is enough: cheap, and never misses one."""
+    step = _LONG_LINE // 2
+    return any(data.find(b"\n", start, start + step) < 0 for start in range(0, len(data) - step + 1, step))
+
+
 def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
     """pyarrow.json over many files at once; None unless every record passes every check.
 
     ``lines`` is how many records ``data`` holds (it must have no blank lines): a mismatch
     means pyarrow saw the lines differently, and the exact parser takes over.
     """
+    if _has_long_line(data):
+        return None  # pyarrow's JSON reader crashes the process on deeply nested lines
     try:
         raw = pj.read_json(
             io.BytesIO(data),
@@ -801,7 +814,7 @@ def _iter_records(root: Path, kind: str, model: type[BaseModel], report: SkipRep
                 continue
             try:
                 obj = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 reason = "truncated_line" if number == len(lines) - 1 else "corrupt_line"
                 report.add(reason, f"{where}:{number + 1}")
                 continue
@@ -870,7 +883,7 @@ def load_run_infos(runs_dir: str | os.PathLike[str] | None = None) -> tuple[list
             continue
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             report.add("corrupt_line", f"{run_file.run}/{RUN_INFO_FILE}")
             continue
         version = obj.get("schema_version", SCHEMA_VERSION) if isinstance(obj, dict) else None
