@@ -413,6 +413,8 @@ def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
     """
     if _has_long_line(data):
         return None  # pyarrow's JSON reader crashes the process on deeply nested lines
+    if not data.startswith(b"{") or data.count(b"\n{") != lines - 1:
+        return None  # a line that is not an object; pyarrow 26 segfaults on a `null` line
     try:
         raw = pj.read_json(
             io.BytesIO(data),
