@@ -1,6 +1,6 @@
 """Closed-loop scaling benchmark on a real LocalCluster: predictive vs reactive vs Dask's adapt().
 
-    python benchmarks/bench_scaling.py [--quick] [--seed 0]
+    python benchmarks/bench_scaling.py [--quick] [--seed 0] [--repeats 2]
 
 A bursty workload of real tasks arrives in waves; within a wave the arrival rate rises (a
 sweep driver speeding up, an ensemble whose members become ready). A task sleeps for a time
@@ -16,7 +16,8 @@ schedule runs three times, each on a fresh LocalCluster of single-threaded worke
 Wait (start minus submit) comes from the session's task telemetry, queue length and worker
 count from sampling the scheduler; worker-seconds integrate connected workers from the first
 submission to the last finish. Sleeping tasks keep the 2 shared cores free for what is
-measured: scaling, not CPU contention. Figures go to benchmarks/results/scaling.json and the
+measured: scaling, not CPU contention. Trials with different arrival seeds are pooled, the
+order of the strategies alternating between trials; ``--quick`` runs one trial of two waves. Figures go to benchmarks/results/scaling.json and the
 plot to benchmarks/results/scaling.png.
 """
 
@@ -48,6 +49,7 @@ TAG = "demeter"
 #: others build and test) eight of them took 5-35 s, which measured the machine, not the policies.
 WORKER_START = "forkserver"
 MIN_WORKERS, MAX_WORKERS = 1, 8
+#: the horizon covers what the scaler cannot correct: one cooldown plus a worker's start-up
 SCALING = {
     "poll_interval_seconds": 1.0,
     "cooldown_seconds": 5.0,
@@ -195,6 +197,7 @@ def run_strategy(name: str, arrivals: list[tuple[float, dict[str, int]]], runs_d
                 changes.append([round(decision.time - t0, 2), d.from_workers, d.to_workers, d.mode, d.reason])
     return {
         "tasks": len(tasks),
+        "waits": [round(float(w), 3) for w in waits],
         "mean_wait_s": float(waits.mean()),
         "p95_wait_s": float(np.percentile(waits, 95)),
         "makespan_s": last - first,
@@ -233,7 +236,7 @@ def plot(results: dict[str, dict[str, Any]], arrivals: list[tuple[float, dict[st
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize=8)
     axes[1].legend(loc="upper right", fontsize=8)
-    fig.suptitle("Scaling on a real LocalCluster: queue and workers (grey: arrivals)")
+    fig.suptitle("Scaling on a real LocalCluster: queue and workers, first trial (grey: arrivals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -243,17 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two waves instead of four")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="trials with different arrival seeds, pooled")
     parser.add_argument("--history", type=int, default=110, help="warm-up tasks the advisor trains on (>= 100 to calibrate)")
     args = parser.parse_args(argv)
     started = time.time()
     dask.config.set({"distributed.worker.multiprocessing-method": WORKER_START})
     waves = 2 if args.quick else 4
+    repeats = 1 if args.quick else args.repeats
     period_s = 22.0
-    arrivals = schedule(args.seed, waves, period_s)
 
     from scalable.advising.learned_advisor import LearnedAdvisor
 
-    results: dict[str, dict[str, Any]] = {}
+    names = ("predictive", "reactive", "dask_adapt")
+    trials: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="scalable-bench-scaling-") as tmp:
         history = Path(tmp) / "history"
         warm_up(history, args.seed, tasks=args.history)
@@ -261,15 +266,33 @@ def main(argv: list[str] | None = None) -> int:
         probes = {n: advisor.recommend(task="run_scenario", input_features=task_inputs(n)) for n in (150, 5000)}
         for n, probe in probes.items():
             print(f"advisor for {n} nodes: {probe.method}, predicted {probe.predicted_duration_s}s (true {0.3 + n / 1000:.2f}s), confidence {probe.confidence}")
-        for name in ("predictive", "reactive", "dask_adapt"):
-            print(f"== {name}", flush=True)
-            results[name] = run_strategy(name, arrivals, Path(tmp) / name, advisor)
+        for trial in range(repeats):
+            arrivals = schedule(args.seed + trial, waves, period_s)
+            order = names if trial % 2 == 0 else tuple(reversed(names))
+            trials.append({})
+            for name in order:
+                print(f"== trial {trial + 1}/{repeats}: {name}", flush=True)
+                trials[-1][name] = run_strategy(name, arrivals, Path(tmp) / f"{trial}-{name}", advisor)
 
+    results = {}
+    for name in names:
+        waits = np.concatenate([np.array(t[name]["waits"]) for t in trials])
+        results[name] = {
+            "tasks": int(waits.size),
+            "mean_wait_s": float(waits.mean()),
+            "p95_wait_s": float(np.percentile(waits, 95)),
+            "makespan_s": float(np.mean([t[name]["makespan_s"] for t in trials])),
+            "worker_seconds": float(np.sum([t[name]["worker_seconds"] for t in trials])),
+            "peak_workers": int(max(t[name]["peak_workers"] for t in trials)),
+            "per_trial": [{k: v for k, v in t[name].items() if k not in ("series", "waits")} for t in trials],
+            "series": trials[0][name]["series"],
+        }
     rows = [
         [name, f"{r['mean_wait_s']:.2f}", f"{r['p95_wait_s']:.2f}", f"{r['makespan_s']:.1f}", f"{r['worker_seconds']:.0f}", r["peak_workers"]]
         for name, r in results.items()
     ]
-    table(rows, ["strategy", "mean wait s", "p95 wait s", "makespan s", "worker-s", "peak workers"], "Scaling, same arrivals")
+    table(rows, ["strategy", "mean wait s", "p95 wait s", "mean makespan s", "worker-s", "peak workers"],
+          f"Scaling, same arrivals, {repeats} trial(s) pooled")
     pred, react = results["predictive"], results["reactive"]
     wait_reduction = 1 - pred["mean_wait_s"] / react["mean_wait_s"] if react["mean_wait_s"] > 0 else float("nan")
     extra_worker_seconds = pred["worker_seconds"] / react["worker_seconds"] - 1
@@ -280,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / "scaling.png"
-    plot(results, arrivals, png)
+    plot(results, schedule(args.seed, waves, period_s), png)
     path = write_result(
         "scaling",
         {
             "workload": {
                 "waves": [list(WAVES[w % len(WAVES)][:3]) + [list(WAVES[w % len(WAVES)][3])] for w in range(waves)],
-                "period_s": period_s, "seed": args.seed, "history_tasks": args.history,
+                "period_s": period_s, "seeds": [args.seed + t for t in range(repeats)], "history_tasks": args.history,
+                "order": "trials alternate the order of the strategies, against drift in the machine's load",
                 "task": "sleep 0.3 s + 1 ms per node, touch 16 MB + 1 MB per 80 nodes",
             },
             "bounds": {"min_workers": MIN_WORKERS, "max_workers": MAX_WORKERS, "threads_per_worker": 1},
