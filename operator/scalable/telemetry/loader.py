@@ -462,7 +462,8 @@ def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
     names: list[str] = []
 
     def as_float(values: Any) -> Any:
-        return pc.cast(values, pa.float64())
+        # unsafe: integers beyond 2**53 (a seed, an id) round as the exact parser's float() does
+        return pc.cast(values, pa.float64(), safe=False)
 
     resources = {
         "worker_cpus": ("worker_resources", "cpus"),
