@@ -279,7 +279,11 @@ class ScalableSession:
         return snapshot, idle
 
     def scale_once(self, now: float | None = None) -> ScalingDecision:
-        """One poll: read the queue state, decide, apply, record."""
+        """One poll: read the queue state, decide, apply, record.
+
+        Every change is recorded; a hold only when it follows a change or another mode,
+        so that a quiet session does not write a decision per poll.
+        """
         assert self.scaler is not None and self.client is not None
         snapshot, idle = self.snapshot()
         decision = self.scaler.evaluate(snapshot, now=now)
