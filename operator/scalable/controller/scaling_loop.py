@@ -50,7 +50,7 @@ ANNOTATION_LAST_SCALE = "scalable.dev/last-scale"
 
 MetricsFn = Callable[[str, str, ScalableWorkflowSpec, "str | None"], Awaitable[QueueMetrics]]
 SchedulerFn = Callable[[str, str], Awaitable[QueueMetrics]]
-RecordFn = Callable[[str, str, list[Any]], Awaitable[None]]
+RecordFn = Callable[[str, str, list[Any], float], Awaitable[None]]
 
 
 @dataclass
@@ -125,12 +125,20 @@ class PollResult:
 
 
 def parse_time(text: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 UTC time, with or without fractional seconds."""
     if not text:
         return None
-    try:
-        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
-    except ValueError:
-        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def precise_time(now: float) -> str:
+    """RFC 3339 with microseconds: the cooldown is measured from it, whole seconds would cut it short."""
+    return _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def make_scaler(spec: ScalableWorkflowSpec, advisor: Any = None) -> AdaptiveScaler:
@@ -309,7 +317,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         group_status["desiredReplicas"] = tag_decision.to_workers
         if tag_decision.action != "hold":
             try:
-                note = json.dumps({"workflow": workflow_key, "time": now_rfc3339(now), "from": tag_decision.from_workers,
+                note = json.dumps({"workflow": workflow_key, "time": precise_time(now), "from": tag_decision.from_workers,
                                    "to": tag_decision.to_workers}, sort_keys=True)
                 await deps.kube.set_replicas(target.kind, namespace, target.name, tag_decision.to_workers, target.resource_version,
                                              annotations={ANNOTATION_LAST_SCALE: note})
@@ -318,7 +326,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
                 group_status["desiredReplicas"] = target.replicas
                 continue
             acted = True
-            group_status["lastScaleTime"] = now_rfc3339(now)
+            group_status["lastScaleTime"] = precise_time(now)
             group_status["currentReplicas"] = tag_decision.to_workers
             verb = "ScaledUp" if tag_decision.action == "scale_up" else "ScaledDown"
             result.events.append((verb, "Normal", f"group {g.name!r}: {tag_decision.from_workers} -> {tag_decision.to_workers} workers: {tag_decision.reason}"))
@@ -334,7 +342,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         mode = next(iter(decision.tags.values())).mode if decision.tags else "hold"
         result.condition("Scaling", True, "Active", f"{mode} scaling from {source} metrics" + ("; replicas patched" if acted else ""))
     if deps.record is not None and result.decisions:
-        await deps.record(namespace, body["metadata"]["name"], result.decisions)
+        await deps.record(namespace, body["metadata"]["name"], result.decisions, now)
     return result
 
 

@@ -185,7 +185,7 @@ class WorkflowLoop:
             raise MetricsUnavailable("SchedulerUnavailable", "no scheduler URL template configured")
         return await client.queue_metrics()
 
-    async def _record(self, namespace: str, workflow: str, decisions: list[Any]) -> None:
+    async def _record(self, namespace: str, workflow: str, decisions: list[Any], now: float) -> None:
         # every change is recorded; a hold at most once a minute per tag (500 workflows holding
         # every 15 s would otherwise write gigabytes a day of "nothing to do")
         now = time.monotonic()
@@ -199,7 +199,7 @@ class WorkflowLoop:
             return
         decisions = keep
         try:
-            await asyncio.to_thread(self.rt.recorder.decisions, namespace, workflow, decisions)
+            await asyncio.to_thread(self.rt.recorder.decisions, namespace, workflow, decisions, now)
         except OSError as exc:
             log.warning("cannot record decisions of %s/%s: %s", namespace, workflow, exc)
 
