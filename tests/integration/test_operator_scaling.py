@@ -75,31 +75,33 @@ async def test_scaling_stays_in_bounds_and_respects_cooldown(kube_api, namespace
     cooldown = 4
     await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=_scaling(cooldown)))
     try:
-        async with running_operator(operator_options(namespace, tmp_path, prometheus_url=prometheus.url)):
-            with ReplicaRecorder(kube_api, namespace) as recorder:
+        recorder = ReplicaRecorder(kube_api, namespace)
+        with recorder:  # watching before the operator starts, so its first decision is seen too
+            await wait_until(lambda: asyncio.sleep(0, bool(recorder.changes)), what="first observation")
+            async with running_operator(operator_options(namespace, tmp_path, prometheus_url=prometheus.url)):
                 await wait_until(lambda: _equals(kube_api, namespace, 4), timeout=30, what="scaled up to maxWorkers")
                 exporter.queued, exporter.processing = 0, 0
                 await wait_until(lambda: _equals(kube_api, namespace, 1), timeout=60, what="scaled down to minWorkers")
                 await asyncio.sleep(2)
-            values = [v for _, v in recorder.changes]
-            assert max(values) <= 4 and min(values) >= 1, f"bounds left: {values}"
-            assert values[:2] == [1, 4], f"the first decision jumps to the bound: {values}"
-            assert values[1:] == [4, 3, 2, 1], f"scale-down is gradual: {values}"
-            # the decisions' own clock (observing replicas through a loaded API server lags)
-            changes = [json.loads(line) for path in (tmp_path / namespace / "runs").glob("operator-wf-*/decisions.jsonl")
-                       for line in path.read_text().splitlines()]
-            changes = sorted((d for d in changes if d["action"] != "hold"), key=lambda d: d["time"])
-            assert [(d["from_workers"], d["to_workers"]) for d in changes] == [(1, 4), (4, 3), (3, 2), (2, 1)]
-            gaps = [b["time"] - a["time"] for a, b in zip(changes, changes[1:])]
-            assert all(gap >= cooldown for gap in gaps), f"cooldown {cooldown}s not respected: gaps {gaps}"
-            wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
-            decision = wf["status"]["groups"][0]["lastDecision"]
-            assert decision["action"] in ("hold", "scale_down") and decision["mode"] == "reactive"
-            assert wf["status"]["groups"][0]["lastScaleTime"]
-            assert condition(wf, "PrometheusAvailable")["status"] == "True"
-            assert wf["status"]["currentWorkers"] == 1
-            runs = list((tmp_path / namespace / "runs").glob("operator-wf-*/decisions.jsonl"))
-            assert runs and "scale_up" in runs[0].read_text(), "decisions are recorded as telemetry"
+        values = [v for _, v in recorder.changes]
+        assert max(values) <= 4 and min(values) >= 1, f"bounds left: {values}"
+        assert values[:2] == [1, 4], f"the first decision jumps to the bound: {values}"
+        assert values[1:] == [4, 3, 2, 1], f"scale-down is gradual: {values}"
+        # the decisions' own clock (observing replicas through a loaded API server lags)
+        changes = [json.loads(line) for path in (tmp_path / namespace / "runs").glob("operator-wf-*/decisions.jsonl")
+                   for line in path.read_text().splitlines()]
+        changes = sorted((d for d in changes if d["action"] != "hold"), key=lambda d: d["time"])
+        assert [(d["from_workers"], d["to_workers"]) for d in changes] == [(1, 4), (4, 3), (3, 2), (2, 1)]
+        gaps = [b["time"] - a["time"] for a, b in zip(changes, changes[1:])]
+        assert all(gap >= cooldown for gap in gaps), f"cooldown {cooldown}s not respected: gaps {gaps}"
+        wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
+        decision = wf["status"]["groups"][0]["lastDecision"]
+        assert decision["action"] in ("hold", "scale_down") and decision["mode"] == "reactive"
+        assert wf["status"]["groups"][0]["lastScaleTime"]
+        assert condition(wf, "PrometheusAvailable")["status"] == "True"
+        assert wf["status"]["currentWorkers"] == 1
+        runs = list((tmp_path / namespace / "runs").glob("operator-wf-*/decisions.jsonl"))
+        assert runs and "scale_up" in runs[0].read_text(), "decisions are recorded as telemetry"
     finally:
         await exporter.stop()
 
