@@ -9,9 +9,11 @@ Kubernetes users expect; cross-field rules the API server enforces are declared 
 from __future__ import annotations
 
 import enum
+from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 
 GROUP = "scalable.dev"
 VERSION = "v1alpha1"
@@ -31,6 +33,16 @@ Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(s|m|h))+$", max_le
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
+
+
+_SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def _quantity(text: str) -> Decimal:
+    """A Quantity (already matched by its pattern) as an exact number, as CEL's quantity() compares."""
+    number = text.rstrip("kKMGTPEim")
+    return Decimal(number) * _SUFFIX[text[len(number):]]
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
@@ -93,6 +105,13 @@ class AdvisorModelSpec(_Spec):
     retrainInterval: Duration = Field(default="1h", description="Retrain at most this often, e.g. 30m, 1h, 6h.")
     newRecordThreshold: int = Field(default=1000, ge=1, description="Retrain early once this many new records arrived.")
     telemetry: TelemetrySource = Field(default_factory=TelemetrySource)
+
+    @model_validator(mode="after")
+    def _targets_are_a_set(self) -> "AdvisorModelSpec":
+        # the CRD's x-kubernetes-list-type: set, so a spec the models accept the API server stores too
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets: duplicate value")
+        return self
 
 
 class ModelQuality(_Spec):
@@ -177,6 +196,18 @@ class WorkerGroup(_Spec):
     maxWorkers: int = Field(default=10, ge=0, le=10_000)
     resourcePolicy: ResourcePolicy = Field(default_factory=ResourcePolicy)
 
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> "WorkerGroup":
+        # the same rules as the CEL x-kubernetes-validations above
+        if self.minWorkers > self.maxWorkers:
+            raise ValueError("minWorkers must be <= maxWorkers")
+        low, high = self.resourcePolicy.minAllowed, self.resourcePolicy.maxAllowed
+        for field in ("memory", "cpu"):
+            a, b = getattr(low, field), getattr(high, field)
+            if a is not None and b is not None and _quantity(a) > _quantity(b):
+                raise ValueError(f"resourcePolicy.minAllowed.{field} must be <= maxAllowed.{field}")
+        return self
+
 
 class ScalingMode(str, enum.Enum):
     Predictive = "Predictive"
@@ -218,6 +249,12 @@ class Scaling(_Spec):
     pollIntervalSeconds: int = Field(default=15, ge=1, le=3_600)
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
 
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> "Scaling":
+        if not self.scaleDownThreshold < self.scaleUpThreshold:
+            raise ValueError("scaleDownThreshold must be below scaleUpThreshold")
+        return self
+
 
 class LocalRef(_Spec):
     name: DNSName
@@ -235,6 +272,13 @@ class ScalableWorkflowSpec(_Spec):
     advisorModelRef: LocalRef | None = Field(default=None, description="The AdvisorModel in this namespace; without one, the percentile advisor.")
     workerGroups: list[WorkerGroup] = Field(min_length=1, max_length=64)
     scaling: Scaling = Field(default_factory=Scaling)
+
+    @model_validator(mode="after")
+    def _group_names_unique(self) -> "ScalableWorkflowSpec":
+        names = [g.name for g in self.workerGroups]
+        if len(set(names)) != len(names):
+            raise ValueError("workerGroups names must be unique")
+        return self
 
 
 class Recommendation(_Spec):
