@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from scalable.advising.calibration import ConformalCalibrator
+from scalable.advising.calibration import ConformalCalibrator, conformal_quantile
 from scalable.advising.features import FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
@@ -320,6 +320,7 @@ class LearnedAdvisor(BaseEstimator):
 
     def _reset_caches(self) -> None:
         self._single_cache: dict[tuple, Recommendation] = {}
+        self._global_q_cache: dict[float, tuple[float, int]] = {}
         self._cpu_q_cache: dict[float, float] = {}
         if not hasattr(self, "_flat"):
             self._flat = {}
@@ -580,14 +581,27 @@ class LearnedAdvisor(BaseEstimator):
         predicted = base.predicted_duration_s
         if predicted is None and duration is not None:
             predicted = round(duration, 3)
+        memory_bytes, interval, basis = base.memory_bytes, base.interval, f"{reason}; ResourceAdvisor: {base.basis}"
+        if base.method == "default":
+            # neither the task nor its tag has run: the coverage quantile of every known peak
+            # is the data's answer, a fixed default is nobody's (4Gi against runs of a few MiB
+            # held most of the reserved memory of a whole replayed trace)
+            known, n_known = self._global_memory_quantile(coverage)
+            if n_known and math.isfinite(known):
+                memory_bytes = int(math.ceil(max(known, self.min_memory_bytes_)))
+                interval = None
+                basis = (
+                    f"{reason}; no history for task {task!r} or its tag: p{_percent(coverage)} of all "
+                    f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
+                )
         return Recommendation._trusted(
             cpus=base.cpus,
-            memory_bytes=base.memory_bytes,
+            memory_bytes=memory_bytes,
             confidence=base.confidence if model_confidence is None else min(base.confidence, model_confidence),
             method="percentile",
-            basis=f"{reason}; ResourceAdvisor: {base.basis}",
+            basis=basis,
             predicted_duration_s=predicted,
-            interval=base.interval,
+            interval=interval,
             coverage=coverage,
             model_version=self.model_version_,
             task=task,
@@ -595,6 +609,25 @@ class LearnedAdvisor(BaseEstimator):
             details={**base.details, "model_confidence": model_confidence, "fallback_method": base.method},
             keys_shown=_FALLBACK_KEYS,
         )
+
+    def _global_memory_quantile(self, coverage: float) -> tuple[float, int]:
+        """The conformal ``coverage`` quantile of every known run's peak memory (the largest
+        when too few runs back it) and how many runs it is taken over; (nan, 0) without any."""
+        cache = getattr(self, "_global_q_cache", None)
+        if cache is None:
+            cache = self._global_q_cache = {}
+        hit = cache.get(coverage)
+        if hit is not None:
+            return hit
+        parts = [h.memory.values for h in getattr(self.fallback_, "tasks_", {}).values() if h.memory.n]
+        values = np.sort(np.concatenate(parts)) if parts else np.zeros(0)
+        if values.size == 0:
+            hit = (math.nan, 0)
+        else:
+            q = conformal_quantile(values, coverage)
+            hit = (float(q if math.isfinite(q) else values[-1]), int(values.size))
+        cache[coverage] = hit
+        return hit
 
     # --- quality and persistence ------------------------------------------------------------
 

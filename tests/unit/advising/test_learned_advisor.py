@@ -181,3 +181,15 @@ def test_extend_with_new_runs_equals_update_with_everything():
             assert np.allclose(a.row(key), b.row(key), equal_nan=True)
     reqs = requests(frame.iloc[-40:])
     assert [r.memory_bytes for r in updated.recommend_batch(reqs)] == [r.memory_bytes for r in extended.recommend_batch(reqs)]
+
+
+def test_a_task_and_tag_never_seen_get_the_known_peaks_quantile_not_the_fixed_default(advisor, history):
+    rec = advisor.recommend("never_seen_task", FEATURES, tag="never_seen_tag", coverage=0.98)
+    peaks = np.sort(history["peak_memory_bytes"].dropna().to_numpy())
+    expected = peaks[int(np.ceil((peaks.size + 1) * 0.98)) - 1]
+    assert rec.method == "percentile"
+    assert rec.memory_bytes == max(int(np.ceil(expected)), 250 * 2**20)
+    assert rec.memory_bytes < 4 * 2**30 or expected >= 4 * 2**30
+    assert "known runs" in rec.basis and "never_seen_task" in rec.basis
+    batch = advisor.recommend_batch([{"task": "never_seen_task", "tag": "never_seen_tag", "coverage": 0.98}])[0]
+    assert batch.memory_bytes == rec.memory_bytes
