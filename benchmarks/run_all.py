@@ -106,6 +106,11 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
             lines.append(f"- Diagnostic, jobs the LearnedAdvisor answered with method `{m}` ({d['n']} jobs, "
                          f"{_pct(d['share'])}): slack at 2% {_pct(d2.get('learned_slack'))} vs best percentile rule on "
                          f"the same jobs {_pct(d2.get('best_percentile_slack'))}.")
+        cf = rep.get("counterfactual_default_to_global_p95")
+        if cf:
+            lines.append(f"- Counterfactual (not an advisor): the {cf['n_default']} jobs whose task and user were never seen got "
+                         f"the fixed default memory; with the global p95 of known history instead, LearnedAdvisor slack at "
+                         f"1/2/5% would be " + " / ".join(_pct(cf[r]) for r in ("0.01", "0.02", "0.05")) + ".")
         for name, e in rep["summary"]["advisors"].items():
             if name.startswith("LearnedAdvisor["):
                 lines.append(f"- Variant {name}: slack at 1/2/5% = "
