@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
+import shutil
 import time
 from typing import Any
 
@@ -100,10 +102,25 @@ def _validate(run_id: str, records: list[Any]) -> tuple[list[Any], list[dict[str
     return valid, refused
 
 
+def _roll_back(run_dir: Any, new_run: bool, sizes: dict[str, int]) -> None:
+    """Undo a batch the disk filled up in the middle of: a new run goes, an existing run's
+    record files are cut back to their sizes before the batch (truncating needs no space)."""
+    if new_run:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in set(RECORD_FILES.values()):
+        path = run_dir / name
+        if name in sizes:
+            os.truncate(path, sizes[name])
+        elif path.exists():
+            path.unlink()
+
+
 def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
     """The aiohttp app; with ``audiences``, only tokens bound to one of them are accepted (a
     projected token for "scalable" cannot be replayed against the API server, and vice versa)."""
     authorizer = _Authorizer(rt.kube, audiences)
+    run_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def push(request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -164,18 +181,31 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
             existing = RunStore(runs_dir).run_info(run_id)
             if existing is not None and existing.workflow != name:
                 return -1, existing.workflow
-            writer = RunStore(runs_dir).open_run(run_id=run_id, **run)
+            run_dir = runs_dir / run_id
+            new_run = not run_dir.exists()
+            sizes = {f: (run_dir / f).stat().st_size for f in set(RECORD_FILES.values()) if (run_dir / f).exists()}
             try:
-                return writer.append_many(valid), None
-            finally:
-                writer.close()
+                writer = RunStore(runs_dir).open_run(run_id=run_id, **run)
+                try:
+                    return writer.append_many(valid), None
+                finally:
+                    writer.close()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    _roll_back(run_dir, new_run, sizes)
+                raise
 
+        lock = run_locks.setdefault((namespace, run_id), asyncio.Lock())
         try:
-            accepted, other = await asyncio.to_thread(store)
+            async with lock:  # one batch at a time per run, so a roll-back cuts only its own lines
+                accepted, other = await asyncio.to_thread(store)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return _error(507, "the telemetry volume is full")
+                return _error(507, "the telemetry volume is full; nothing was stored")
             raise
+        finally:
+            if not lock.locked():
+                run_locks.pop((namespace, run_id), None)
         if accepted < 0:
             return _error(409, f"run {run_id!r} belongs to workflow {other!r}")
         rt.metrics.records.labels(namespace, "accepted").inc(accepted)
