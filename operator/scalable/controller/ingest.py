@@ -88,7 +88,7 @@ def _validate(run_id: str, records: list[Any]) -> tuple[list[Any], list[dict[str
             continue
         data = dict(raw)
         kind = data.get("kind", "task")
-        if kind not in RECORD_FILES:
+        if not isinstance(kind, str) or kind not in RECORD_FILES:
             refused.append({"index": index, "reason": f"kind {kind!r} cannot be pushed; kinds: {sorted(RECORD_FILES)}"})
             continue
         if data.setdefault("run_id", run_id) != run_id:
