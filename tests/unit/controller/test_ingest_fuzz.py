@@ -66,7 +66,7 @@ class _Server:
 
     async def _start(self) -> None:
         config = OperatorConfig(telemetry_path=str(self.root), min_free_bytes=1024 * 1024)
-        rt = SimpleNamespace(kube=_ScriptedApiServer(), metrics=OperatorMetrics(), config=config, root=TelemetryRoot(self.root))
+        self.rt = rt = SimpleNamespace(kube=_ScriptedApiServer(), metrics=OperatorMetrics(), config=config, root=TelemetryRoot(self.root))
         self.runner = web.AppRunner(ingest_app(rt), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
