@@ -1,7 +1,7 @@
 """The operator's access to the Kubernetes API: the few objects it reads and writes, nothing else.
 
 One small client over kr8s' raw ``call_api`` so every request the operator makes is visible in
-one file (and in ``deploy/base/rbac.yaml``, which lists the verbs these methods need):
+one file (and in the chart's ``templates/_helpers.tpl``, which grants exactly these verbs):
 
 ==========================  ====================================================  ===============
 method                      resource                                              verbs
