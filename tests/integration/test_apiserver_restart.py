@@ -1,0 +1,81 @@
+"""The API server crashes (SIGKILL) and restarts while the operator is reconciling and scaling.
+
+The operator runs in this process against the session's control plane; the Dask scheduler's
+queue comes from a QueueExporter (the scheduler fallback; Prometheus is pointed at a dead port).
+While the queue grows, kube-apiserver is killed and started again with the same flags
+(tests/support/faults.py). What must hold: the operator survives (its loop reports the errors and
+retries), it finishes the scale-up once the API server is back, replicas never leave
+[minWorkers, maxWorkers], the DaskCluster's pod template is intact (no half-patched object), and
+status agrees with the object.
+
+Rerun: ``pytest tests/integration/test_apiserver_restart.py -q``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from tests.integration.harness import (QueueExporter, create, create_dask_cluster, get, operator_options, running_operator,
+                                       scalable_workflow, wait_until)
+from tests.support.faults import restart_apiserver
+
+
+async def _replicas(api, namespace):
+    obj = await get(api, namespace, "DaskCluster", "sim")
+    return obj["spec"]["worker"]["replicas"]
+
+
+async def test_operator_finishes_scaling_across_an_apiserver_restart(kube_cluster, kube_api, namespace, tmp_path):
+    assert kube_cluster.control_plane is not None, "needs the local control plane (it restarts the API server)"
+    scheduler = await QueueExporter(queued=0, processing=2).start()  # 2 busy threads on 1 worker: 4 workers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
+    before = (await get(kube_api, namespace, "DaskCluster", "sim"))["spec"]["worker"]["spec"]["containers"][0]
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 8}]
+    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0, "prometheus": {"url": dead, "timeoutSeconds": 1}}
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+    seen: list[int] = []
+    try:
+        options = operator_options(namespace, tmp_path, scheduler_url=scheduler.url, lease_seconds=15)
+        async with running_operator(options) as op:
+            await wait_until(lambda: _replicas(kube_api, namespace), timeout=30, what="DaskCluster readable")
+            first = await wait_until(lambda: _above(kube_api, namespace, 1), timeout=30, what="first scale-up")
+            seen.append(first)
+            assert first < 8
+            restart = asyncio.create_task(asyncio.to_thread(restart_apiserver, kube_cluster.control_plane, 3.0))
+            await asyncio.sleep(1.0)
+            scheduler.queued = 200  # the queue grows while the API server is down: the operator wants the maximum
+            down = await restart
+            assert not op.task.done(), "the operator died with the API server"
+            await wait_until(lambda: _equals(kube_api, namespace, 8, seen), timeout=60, what="scaled to the maximum after the restart")
+            wf = await wait_until(lambda: _status_agrees(kube_api, namespace, 8), timeout=30, what="status reports the replicas")
+            assert not op.task.done()
+        assert all(1 <= r <= 8 for r in seen), seen
+        after = (await get(kube_api, namespace, "DaskCluster", "sim"))["spec"]["worker"]["spec"]["containers"][0]
+        assert (after["name"], after["image"], after.get("args")) == (before["name"], before["image"], before.get("args"))
+        print(f"API server unavailable for {down:.1f} s; replicas seen {seen}; status {wf['status']['groups'][0]}")
+    finally:
+        await scheduler.stop()
+
+
+async def _above(api, namespace, n):
+    r = await _replicas(api, namespace)
+    return r if r > n else None
+
+
+async def _equals(api, namespace, n, seen):
+    try:
+        r = await _replicas(api, namespace)
+    except Exception:  # noqa: BLE001 - the API server may still be coming up
+        return None
+    seen.append(r)
+    return r == n
+
+
+async def _status_agrees(api, namespace, n):
+    wf = await get(api, namespace, "ScalableWorkflow", "wf")
+    groups = ((wf or {}).get("status") or {}).get("groups") or []
+    return wf if groups and groups[0].get("currentReplicas") == n else None
