@@ -86,7 +86,7 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
                   f"{rep['n_scored']} jobs scored (later half of {rep['jobs']}); each recommendation saw only jobs "
                   "finished before its submit. Slack = idle share of recommended memory over the jobs that fit; "
                   "every advisor is scaled by the margin that gives exactly the stated under-provision rate.", "",
-                  "| under-provision | LearnedAdvisor slack | ResourceAdvisor slack | best tuned percentile | LearnedAdvisor less slack by |",
+                  "| under-provision | LearnedAdvisor slack | ResourceAdvisor slack | best tuned percentile | LearnedAdvisor's slack reduction (negative: more slack) |",
                   "|---|---|---|---|---|"]
         for r, c in rep["equal_rate"].items():
             grid = c["grid_best"]
@@ -108,9 +108,9 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
                          f"the same jobs {_pct(d2.get('best_percentile_slack'))}.")
         cf = rep.get("counterfactual_default_to_global_p95")
         if cf:
-            lines.append(f"- Counterfactual (not an advisor): the {cf['n_default']} jobs whose task and user were never seen got "
-                         f"the fixed default memory; with the global p95 of known history instead, LearnedAdvisor slack at "
-                         f"1/2/5% would be " + " / ".join(_pct(cf[r]) for r in ("0.01", "0.02", "0.05")) + ".")
+            lines.append(f"- Counterfactual (not an advisor): the {cf['n_default']} jobs whose task and user were never seen "
+                         f"(fallback kind `default`), answered with the global p95 of known history instead: LearnedAdvisor "
+                         f"slack at 1/2/5% would be " + " / ".join(_pct(cf[r]) for r in ("0.01", "0.02", "0.05")) + ".")
         for name, e in rep["summary"]["advisors"].items():
             if name.startswith("LearnedAdvisor["):
                 lines.append(f"- Variant {name}: slack at 1/2/5% = "
