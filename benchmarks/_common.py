@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+#: where results go; SCALABLE_BENCH_RESULTS redirects a trial run away from the recorded figures
+RESULTS = Path(os.environ.get("SCALABLE_BENCH_RESULTS", ROOT / "results"))
 TRACES = Path(os.environ.get("SCALABLE_TRACES_DIR", "/work/shared/data/traces"))
 CACHE = Path(os.environ.get("SCALABLE_BENCH_CACHE", Path.home() / ".cache" / "scalable-bench"))
 

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                    "predictors": result.predictors, "load_seconds": load_s},
         "targets": {"slack_reduction_at_2pct": {"target": TARGET_REDUCTION,
                                                 "measured": comparison["0.02"]["slack_reduction"], "met": met}},
-        "plot": str(png.relative_to(RESULTS.parent.parent)),
+        "plot": png.name,
     }
     path = write_result("advisor_replay", figures, started=started)
     print(f"target >= {TARGET_REDUCTION:.0%} less slack at 2%: {'met' if met else 'NOT met'} "

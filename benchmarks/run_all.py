@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = Path(os.environ.get("SCALABLE_BENCH_RESULTS", HERE / "results"))
 
 #: name -> (script, quick arguments, result file)
 BENCHMARKS = {
