@@ -193,3 +193,12 @@ def test_a_task_and_tag_never_seen_get_the_known_peaks_quantile_not_the_fixed_de
     assert "known runs" in rec.basis and "never_seen_task" in rec.basis
     batch = advisor.recommend_batch([{"task": "never_seen_task", "tag": "never_seen_tag", "coverage": 0.98}])[0]
     assert batch.memory_bytes == rec.memory_bytes
+
+
+def test_spread_power_scales_the_score_and_stays_calibrated(history, future, advisor):
+    assert "memory_spread" not in advisor.models_  # default: one log-width per task, no spread model
+    scaled = LearnedAdvisor(coverage=0.98, spread_power=0.5).fit(history)
+    assert "memory_spread" in scaled.models_
+    rate, learned = under_provision(scaled, future, 0.98)
+    assert learned.mean() > 0.6
+    assert 0.005 <= rate <= 0.05, rate
