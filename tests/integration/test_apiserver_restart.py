@@ -18,7 +18,7 @@ import socket
 
 from tests.integration.harness import (QueueExporter, create, create_dask_cluster, get, operator_options, running_operator,
                                        scalable_workflow, wait_until)
-from tests.support.faults import restart_apiserver
+from tests.support.faults import pause_etcd, restart_apiserver
 
 
 async def _replicas(api, namespace):
@@ -79,3 +79,31 @@ async def _status_agrees(api, namespace, n):
     wf = await get(api, namespace, "ScalableWorkflow", "wf")
     groups = ((wf or {}).get("status") or {}).get("groups") or []
     return wf if groups and groups[0].get("currentReplicas") == n else None
+
+
+async def test_operator_finishes_scaling_across_an_etcd_outage(kube_cluster, kube_api, namespace, tmp_path):
+    assert kube_cluster.control_plane is not None, "needs the local control plane (it pauses etcd)"
+    scheduler = await QueueExporter(queued=0, processing=2).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 8}]
+    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0, "prometheus": {"url": dead, "timeoutSeconds": 1}}
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+    seen: list[int] = []
+    try:
+        options = operator_options(namespace, tmp_path, scheduler_url=scheduler.url, lease_seconds=15)
+        async with running_operator(options) as op:
+            first = await wait_until(lambda: _above(kube_api, namespace, 1), timeout=30, what="first scale-up")
+            assert first < 8
+            outage = asyncio.create_task(asyncio.to_thread(pause_etcd, kube_cluster.control_plane, 5.0))
+            await asyncio.sleep(0.5)
+            scheduler.queued = 200
+            await outage
+            assert not op.task.done(), "the operator died during the etcd outage"
+            await wait_until(lambda: _equals(kube_api, namespace, 8, seen), timeout=60, what="scaled to the maximum after the outage")
+            await wait_until(lambda: _status_agrees(kube_api, namespace, 8), timeout=30, what="status reports the replicas")
+        assert all(1 <= r <= 8 for r in seen), seen
+    finally:
+        await scheduler.stop()

@@ -3,6 +3,7 @@
 - `restart_apiserver(cp, down_seconds)`: SIGKILL kube-apiserver and start it again with the very
   same command line (same port, certificates, etcd), then wait until /readyz answers. etcd and
   the controller manager keep running, so this is an API server crash and restart mid-reconcile.
+- `pause_etcd(cp, seconds)`: etcd stops answering for a while (SIGSTOP / SIGCONT).
 """
 
 from __future__ import annotations
@@ -30,3 +31,14 @@ def restart_apiserver(cp: ControlPlane, down_seconds: float = 2.0, timeout: floa
     cp.procs[cp.procs.index(old)] = _Proc(old.name, popen.pid, old.log, popen)
     cp._wait_ready(time.monotonic() + timeout)
     return time.monotonic() - t0
+
+
+def pause_etcd(cp: ControlPlane, seconds: float = 5.0) -> None:
+    """etcd briefly unavailable: SIGSTOP it for ``seconds``, then SIGCONT (the API server stays up
+    and answers 5xx/timeouts for writes and uncached reads meanwhile)."""
+    (etcd,) = [p for p in cp.procs if p.name == "etcd"]
+    os.kill(etcd.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(etcd.pid, signal.SIGCONT)
