@@ -29,6 +29,8 @@ from tests.integration.harness import write_history
 SPEC = ScalableWorkflowSpec.model_validate({"clusterRef": {"name": "sim"}, "advisorModelRef": {"name": "am"},
                                             "workerGroups": [{"name": "default", "task": "simulate"}]})
 
+pytestmark = pytest.mark.slow
+
 
 class _Kube:
     async def get(self, kind, namespace, name):

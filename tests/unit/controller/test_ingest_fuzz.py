@@ -33,6 +33,8 @@ from scalable.controller.storage import TelemetryRoot
 
 GOOD_TOKEN = "token-of-team-a-client"
 
+pytestmark = pytest.mark.slow
+
 
 class _ScriptedApiServer:
     """The token of team-a's client is valid and may update ScalableWorkflow team-a/wf only."""
