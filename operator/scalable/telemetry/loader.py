@@ -333,7 +333,9 @@ class _Columns:
                 column.append(None)
 
     def table(self) -> pa.Table:
-        arrays = [pa.array(self.cols[f.name], type=f.type) for f in _CACHE_SCHEMA]
+        # float(): integers beyond 2**53 (peak memory as an int) round instead of raising ArrowInvalid
+        arrays = [pa.array([None if v is None else float(v) for v in self.cols[f.name]] if pa.types.is_floating(f.type)
+                           else self.cols[f.name], type=f.type) for f in _CACHE_SCHEMA]
         names = list(_CACHE_SCHEMA.names)
         for name, values in self.num.items():
             arrays.append(pa.array(values, type=pa.float64()))
