@@ -60,7 +60,7 @@ def _library_versions() -> dict[str, str]:
     import sklearn
     import skops
 
-    from scalable import __version__
+    from scalable._version import __version__
 
     return {
         "python": platform.python_version(),
