@@ -29,6 +29,7 @@ BENCHMARKS = {
     "runtime": ("bench_runtime.py", ["--quick"], "runtime.json"),
     "inference": ("bench_inference.py", ["--quick"], "inference.json"),
     "scaling": ("bench_scaling.py", ["--quick"], "scaling.json"),
+    "operator": ("bench_operator.py", ["--quick"], "operator.json"),
 }
 
 
@@ -177,7 +178,31 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
 
     sc = _load("scaling.json")
     if sc:
-        lines += ["## Scaling", "", f"See [scaling.json](scaling.json) (`{sc.get('command', 'python benchmarks/bench_scaling.py')}`).", ""]
+        lines += ["## Scaling on a real LocalCluster", "",
+                  f"`{sc.get('command', 'python benchmarks/bench_scaling.py')}` ({sc.get('date')}, load "
+                  f"{sc.get('machine', {}).get('load_avg_1_5_15')}); plot: [scaling.png](scaling.png)", "",
+                  "| strategy | mean wait | p95 wait | makespan | worker-seconds |", "|---|---|---|---|---|"]
+        for name, r in sc.get("results", {}).items():
+            lines.append(f"| {name} | {r['mean_wait_s']:.2f} s | {r['p95_wait_s']:.2f} s | {r['makespan_s']:.1f} s "
+                         f"| {r['worker_seconds']:.0f} |")
+        cmp_ = sc.get("predictive_vs_reactive") or {}
+        if cmp_:
+            lines += ["", f"Predictive vs reactive: {json.dumps(cmp_)}"]
+        lines.append("")
+    else:
+        lines += ["(no result yet: `python benchmarks/bench_scaling.py`)", ""]
+
+    op = _load("operator.json")
+    if op:
+        lines += ["## Operator at scale", "",
+                  f"`{op.get('command')}` ({op.get('date')}): {op.get('workflows')} ScalableWorkflows, "
+                  f"{op.get('poll_interval_s')} s polls, real API server and Prometheus.", "",
+                  "| figure | measured |", "|---|---|",
+                  f"| all reconciled after start | {op.get('startup_until_all_reconciled_s')} s |",
+                  f"| CPU in steady state | {op.get('steady_cpu_cores')} cores |",
+                  f"| memory (max RSS) | {op.get('rss_max_mib')} MiB |",
+                  f"| queue change -> replica patch, p50 / p95 / max | {op.get('latency_p50_s')} / "
+                  f"{op.get('latency_p95_s')} / {op.get('latency_max_s')} s |", "", f"{op.get('note', '')}", ""]
     return "\n".join(lines) + "\n"
 
 
