@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=250)
     parser.add_argument("--refit-every", type=int, default=5000)
     parser.add_argument("--set", action="append", default=[], help="LearnedAdvisor parameter, key=value")
+    parser.add_argument("--save", default=None, help="write the per-job answers (pickle) here")
+    parser.add_argument("--fallback", action="append", default=[], help="its ResourceAdvisor's parameter, key=value")
     args = parser.parse_args(argv)
 
     from scalable.advising.learned_advisor import LearnedAdvisor
@@ -34,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = type(getattr(LearnedAdvisor(), key))(value)
+    from scalable.advising.resource_advisor import ResourceAdvisor
+
+    fallback = {}
+    for item in args.fallback:
+        key, _, value = item.partition("=")
+        fallback[key] = type(getattr(ResourceAdvisor(), key))(value)
+    if fallback:
+        params["fallback_params"] = fallback
     frame = trace_frame("sandia-ross")
     learned = AdvisorPredictor("LearnedAdvisor", lambda: LearnedAdvisor(coverage=args.coverage, min_memory=1024, **params))
     t0 = time.perf_counter()
@@ -41,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                          block_size=args.block_size, refit_every=args.refit_every)
     summary = summarize_memory(result, ["LearnedAdvisor"])
     sc = result.scored
+    if args.save:
+        sc.to_pickle(args.save)
     print(f"params {params}, block {args.block_size}, refit every {args.refit_every}: "
           f"{summary['n_scored']} jobs scored in {time.perf_counter() - t0:.0f}s")
     for r in summary["rates"]:
