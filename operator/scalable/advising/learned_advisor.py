@@ -597,6 +597,7 @@ class LearnedAdvisor(BaseEstimator):
         if predicted is None and duration is not None:
             predicted = round(duration, 3)
         memory_bytes, interval, basis = base.memory_bytes, base.interval, f"{reason}; ResourceAdvisor: {base.basis}"
+        fallback_method = base.method
         if base.method == "default":
             # neither the task nor its tag has run: the coverage quantile of every known peak
             # is the data's answer, a fixed default is nobody's (4Gi against runs of a few MiB
@@ -609,6 +610,7 @@ class LearnedAdvisor(BaseEstimator):
                     f"{reason}; no history for task {task!r} or its tag: p{_percent(coverage)} of all "
                     f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
                 )
+                fallback_method = "all_runs"
         return Recommendation._trusted(
             cpus=base.cpus,
             memory_bytes=memory_bytes,
@@ -621,7 +623,7 @@ class LearnedAdvisor(BaseEstimator):
             model_version=self.model_version_,
             task=task,
             cpus_exact=base.cpus_exact,
-            details={**base.details, "model_confidence": model_confidence, "fallback_method": base.method},
+            details={**base.details, "model_confidence": model_confidence, "fallback_method": fallback_method},
             keys_shown=_FALLBACK_KEYS,
         )
 

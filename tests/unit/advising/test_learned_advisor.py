@@ -191,6 +191,7 @@ def test_a_task_and_tag_never_seen_get_the_known_peaks_quantile_not_the_fixed_de
     assert rec.memory_bytes == max(int(np.ceil(expected)), 250 * 2**20)
     assert rec.memory_bytes < 4 * 2**30 or expected >= 4 * 2**30
     assert "known runs" in rec.basis and "never_seen_task" in rec.basis
+    assert rec.details["fallback_method"] == "all_runs"
     batch = advisor.recommend_batch([{"task": "never_seen_task", "tag": "never_seen_tag", "coverage": 0.98}])[0]
     assert batch.memory_bytes == rec.memory_bytes
 
