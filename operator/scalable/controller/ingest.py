@@ -143,8 +143,9 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
             return _error(413, f"at most {MAX_BODY_BYTES} bytes per request; send several batches with the same run_id")
         try:
             body = await request.json()
-        except ValueError:
-            return _error(400, "the body must be JSON: {\"run\": {...}, \"records\": [...]}")
+        except (ValueError, RecursionError):
+            return _error(400, "the body must be JSON, nested no deeper than Python's recursion limit: "
+                                "{\"run\": {...}, \"records\": [...]}")
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             return _error(400, "the body must be a JSON object with a 'records' list")
         records = body["records"]

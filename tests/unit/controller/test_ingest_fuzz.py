@@ -160,6 +160,7 @@ def test_the_description_is_served_and_every_refusal_is_json(server):
         ("GET", "/nowhere", None),
         ("DELETE", "/v1/namespaces/team-a/scalableworkflows/wf/runs", None),
         ("POST", "/v1/namespaces/team-a/scalableworkflows/wf/runs", b'{"records": ['),
+        ("POST", "/v1/namespaces/team-a/scalableworkflows/wf/runs", b'{"records": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"),
     ]:
         request = urllib.request.Request(server.url + path, data=data, method=method,
                                          headers={"Authorization": f"Bearer {GOOD_TOKEN}", "Content-Type": "application/json"})
