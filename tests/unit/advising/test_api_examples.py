@@ -60,7 +60,7 @@ def test_every_documented_model_type_is_accepted(runs_dir, model_type):
 
 
 def test_scaler_accepts_the_advisor(runs_dir):
-    scaling = pytest.importorskip("scalable.scaling.scaler")
+    from scalable.scaling import scaler as scaling
     from scalable import ResourceAdvisor
 
     advisor = ResourceAdvisor.from_history(str(runs_dir))

@@ -40,7 +40,6 @@ def runs_dir(tmp_path_factory):
 
 
 def test_evaluate_writes_a_png_and_exits_0(runs_dir, tmp_path):
-    pytest.importorskip("scalable.advising.learned_advisor")
     plot = tmp_path / "tradeoff.png"
     result = CliRunner().invoke(app, ["evaluate", "--runs-dir", str(runs_dir), "--plot", str(plot),
                                       "--format", "json", "--block-size", "10", "--refit-every", "40"])
@@ -55,7 +54,6 @@ def test_evaluate_writes_a_png_and_exits_0(runs_dir, tmp_path):
 
 
 def test_evaluate_prints_a_table(runs_dir, tmp_path):
-    pytest.importorskip("scalable.advising.learned_advisor")
     result = CliRunner().invoke(app, ["evaluate", "--runs-dir", str(runs_dir), "--plot",
                                       str(tmp_path / "p.png"), "--block-size", "20"])
     assert result.exit_code == 0, result.output
