@@ -259,14 +259,22 @@ def image_env() -> dict[str, str]:
 def read_only_root(argv: list[str], volume: Path) -> list[str]:
     """argv as the chart runs it: the root filesystem read-only, an empty tmpfs on /tmp (the
     chart's emptyDir), `volume` writable (the telemetry PVC). A private mount namespace, so
-    nothing changes for any other process on the machine (needs root, as CI runs)."""
+    nothing changes for any other process on the machine (needs root, as CI runs).
+
+    What the process needs from under the old /tmp (a checkout or a virtualenv there, whose
+    code the operator imports, and the volume) is bound back into the new tmpfs, read-only
+    except the volume, so the test holds wherever the repository was cloned."""
     if not shutil.which("unshare"):
         raise MissingBinaryError("unshare (util-linux) is not on PATH; it stands in for a container's read-only root")
-    script = ('mount --bind "$VOLUME" "$VOLUME" && mount -o remount,bind,ro / '
-              '&& mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp '
-              '&& if touch /usr/.scalable-ro-probe 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi '
-              '&& exec "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "env", f"VOLUME={volume}", "sh", "-c", script, "sh", *argv]
+    keep = sorted({str(Path(p).resolve()) for p in (REPO_ROOT, sys.prefix, sys.base_prefix)})
+    script = ('set -e; mount --bind "$VOLUME" "$VOLUME"; mount --rbind /tmp /mnt; mount -o remount,bind,ro /; '
+              'mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp; '
+              'for p in $KEEP "$VOLUME"; do case "$p" in /tmp/*) mkdir -p "$p"; mount --rbind "/mnt/${p#/tmp/}" "$p";; esac; done; '
+              'for p in $KEEP; do case "$p" in /tmp/*) mount -o remount,bind,ro "$p";; esac; done; '
+              'if touch /usr/.scalable-ro-probe 2>/dev/null; then echo "the root is writable" >&2; exit 3; fi; '
+              'exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "env", f"VOLUME={volume}", f"KEEP={' '.join(keep)}",
+            "sh", "-c", script, "sh", *argv]
 
 
 @pytest.fixture
