@@ -92,6 +92,7 @@ async def test_scaling_stays_in_bounds_and_respects_cooldown(kube_api, namespace
                    for line in path.read_text().splitlines()]
         changes = sorted((d for d in changes if d["action"] != "hold"), key=lambda d: d["time"])
         assert [(d["from_workers"], d["to_workers"]) for d in changes] == [(1, 4), (4, 3), (3, 2), (2, 1)]
+        assert all(abs(d["time"] - time.time()) < 600 for d in changes), "decision times are wall-clock epoch seconds"
         gaps = [b["time"] - a["time"] for a, b in zip(changes, changes[1:])]
         assert all(gap >= cooldown for gap in gaps), f"cooldown {cooldown}s not respected: gaps {gaps}"
         wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")

@@ -188,13 +188,13 @@ class WorkflowLoop:
     async def _record(self, namespace: str, workflow: str, decisions: list[Any], now: float) -> None:
         # every change is recorded; a hold at most once a minute per tag (500 workflows holding
         # every 15 s would otherwise write gigabytes a day of "nothing to do")
-        now = time.monotonic()
+        tick = time.monotonic()
         keep = []
         for decision in decisions:
-            if decision.action != "hold" or now - self.hold_recorded.get(decision.tag, -1e9) >= HOLD_RECORD_INTERVAL_S:
+            if decision.action != "hold" or tick - self.hold_recorded.get(decision.tag, -1e9) >= HOLD_RECORD_INTERVAL_S:
                 keep.append(decision)
                 if decision.action == "hold":
-                    self.hold_recorded[decision.tag] = now
+                    self.hold_recorded[decision.tag] = tick
         if not keep:
             return
         decisions = keep
