@@ -42,6 +42,7 @@ from scalable.telemetry.dask_plugin import (
     TelemetryCollector,
     TelemetrySchedulerPlugin,
     capture_features,
+    flush_lost_workers,
     task_name,
 )
 from scalable.telemetry.store import RunStore, RunWriter
@@ -317,6 +318,7 @@ class ScalableSession:
         try:
             if self.client is not None and self.collector is not None:
                 try:
+                    self.client.dask.run_on_scheduler(flush_lost_workers)
                     for topic in (TASK_TOPIC, LOST_TOPIC):
                         self.client.dask.unsubscribe_topic(topic)
                     events = {topic: self.client.dask.get_events(topic) for topic in (TASK_TOPIC, LOST_TOPIC)}

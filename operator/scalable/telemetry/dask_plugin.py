@@ -234,12 +234,22 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
     def __init__(self, grace_s: float = 1.0) -> None:
         self.grace_s = grace_s
         self._memory: dict[str, int] = {}
-        self._pending: set[asyncio.TimerHandle] = set()
+        self._pending: dict[asyncio.TimerHandle, tuple[Any, str, float]] = {}
+
+    def flush(self) -> int:
+        """Give the verdict on every lost worker now instead of after the grace period.
+
+        A session closing right after a worker died would otherwise stop the scheduler before
+        the timer fires, and the task that worker was running would never be recorded.
+        """
+        pending = list(self._pending.items())
+        for handle, (scheduler, worker, left) in pending:
+            handle.cancel()
+            self._report(handle, scheduler, worker, left)
+        return len(pending)
 
     async def close(self) -> None:
-        for handle in self._pending:
-            handle.cancel()
-        self._pending.clear()
+        self.flush()
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic == "worker-restart-memory" and isinstance(msg, Mapping) and "worker" in msg:
@@ -248,12 +258,19 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str, **kwargs: Any) -> None:
         left = time.time()
         handle = asyncio.get_running_loop().call_later(self.grace_s, lambda: self._report(handle, scheduler, worker, left))
-        self._pending.add(handle)
+        self._pending[handle] = (scheduler, worker, left)
 
     def _report(self, handle: asyncio.TimerHandle, scheduler: Any, worker: str, left: float) -> None:
-        self._pending.discard(handle)
+        if self._pending.pop(handle, None) is None:
+            return
         rss = self._memory.pop(worker, None)
         scheduler.log_event(LOST_TOPIC, {"worker": worker, "time": left, "memory": rss is not None, "rss": rss})
+
+
+def flush_lost_workers(dask_scheduler: Any) -> int:
+    """For ``Client.run_on_scheduler``: report every lost worker now (see ``flush``)."""
+    plugin = dask_scheduler.plugins.get(TelemetrySchedulerPlugin.name)
+    return plugin.flush() if isinstance(plugin, TelemetrySchedulerPlugin) else 0
 
 
 @dataclass
