@@ -14,7 +14,7 @@ import socket
 import time
 
 from scalable.controller.kube import KubeClient
-from scalable.controller.scaling_loop import parse_time
+from scalable.controller.timestamps import parse_time
 from scalable.controller.workflow import WorkflowLoop
 from tests.integration.harness import (
     QueueExporter,

@@ -26,7 +26,7 @@ import pydantic
 from scalable.controller.conditions import merge_conditions, now_rfc3339, set_condition
 from scalable.controller.resources import AdvisorModelSpec
 from scalable.controller.runtime import Runtime
-from scalable.controller.scaling_loop import parse_time
+from scalable.controller.timestamps import parse_time
 from scalable.controller.training import parse_duration, read_champion
 from scalable.controller.workflow import _either, _is_set
 

@@ -15,31 +15,16 @@ duration stops acting before anyone else can take over (it stops at ``lease - re
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import time
 from typing import Any
 
 from scalable.controller.kube import Conflict, KubeClient, KubeError
+from scalable.controller.timestamps import parse_time, precise_time
 
 __all__ = ["LeaderElector"]
 
 log = logging.getLogger("scalable.controller.leader")
-
-
-def _micro(now: float) -> str:
-    return _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> float | None:
-    if not text:
-        return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
 
 
 class LeaderElector:
@@ -62,7 +47,7 @@ class LeaderElector:
         return {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
             "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_s, "acquireTime": acquire_time,
-                     "renewTime": _micro(now), "leaseTransitions": transitions},
+                     "renewTime": precise_time(now), "leaseTransitions": transitions},
         }
 
     async def try_acquire(self) -> bool:
@@ -71,22 +56,22 @@ class LeaderElector:
         lease = await self.kube.get("Lease", self.namespace, self.name)
         try:
             if lease is None:
-                await self.kube.create("Lease", self.namespace, self._body(None, now, 0, _micro(now)))
+                await self.kube.create("Lease", self.namespace, self._body(None, now, 0, precise_time(now)))
                 self.last_renew = time.monotonic()
                 return True
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
-            renewed = _parse(spec.get("renewTime")) or 0.0
+            renewed = parse_time(spec.get("renewTime")) or 0.0
             duration = float(spec.get("leaseDurationSeconds") or self.lease_s)
             transitions = int(spec.get("leaseTransitions") or 0)
             if holder == self.identity:
                 await self.kube.replace("Lease", self.namespace, self.name,
-                                        self._body(lease, now, transitions, spec.get("acquireTime") or _micro(now)))
+                                        self._body(lease, now, transitions, spec.get("acquireTime") or precise_time(now)))
                 self.last_renew = time.monotonic()
                 return True
             if holder and renewed + duration > now:
                 return False
-            await self.kube.replace("Lease", self.namespace, self.name, self._body(lease, now, transitions + 1, _micro(now)))
+            await self.kube.replace("Lease", self.namespace, self.name, self._body(lease, now, transitions + 1, precise_time(now)))
             self.last_renew = time.monotonic()
             return True
         except Conflict:
@@ -135,7 +120,7 @@ class LeaderElector:
             lease = await self.kube.get("Lease", self.namespace, self.name)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 body = self._body(lease, time.time() - self.lease_s - 1, int(lease["spec"].get("leaseTransitions") or 0),
-                                  lease["spec"].get("acquireTime") or _micro(time.time()))
+                                  lease["spec"].get("acquireTime") or precise_time(time.time()))
                 body["spec"]["holderIdentity"] = None
                 await self.kube.replace("Lease", self.namespace, self.name, body)
         except KubeError as exc:

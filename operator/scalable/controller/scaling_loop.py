@@ -28,7 +28,6 @@ approximation the decision reason states.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +38,7 @@ from scalable.controller.conditions import now_rfc3339
 from scalable.controller.kube import Conflict, KubeClient
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
+from scalable.controller.timestamps import parse_time, precise_time
 from scalable.scaling.decision import TagDecision
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.units import QuantityError, parse_cpu
@@ -122,23 +122,6 @@ class PollResult:
 
     def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
         self.conditions.append({"type": type_, "status": status, "reason": reason, "message": message})
-
-
-def parse_time(text: str | None) -> float | None:
-    """Epoch seconds of an RFC 3339 UTC time, with or without fractional seconds."""
-    if not text:
-        return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
-
-
-def precise_time(now: float) -> str:
-    """RFC 3339 with microseconds: the cooldown is measured from it, whole seconds would cut it short."""
-    return _dt.datetime.fromtimestamp(now, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def make_scaler(spec: ScalableWorkflowSpec, advisor: Any = None) -> AdaptiveScaler:

@@ -2,7 +2,8 @@
 queue split across groups, and which object holds a group's replicas."""
 
 from scalable.controller.resources import ScalableWorkflowSpec
-from scalable.controller.scaling_loop import GroupTarget, _shares, _with_cooldown, make_scaler, parse_time
+from scalable.controller.scaling_loop import GroupTarget, _shares, _with_cooldown, make_scaler
+from scalable.controller.timestamps import parse_time
 from scalable.scaling.decision import TagDecision
 
 
