@@ -160,7 +160,8 @@ def test_sigkill_during_training_keeps_the_last_good_model(tmp_path):
         champion = read_champion(models)
         assert champion is not None, "the model store lost its champion"
         if not finished:
-            assert champion["version"] in (good["version"],) or (models / champion["version"]).is_dir()
+            assert champion["version"] == good["version"] or (models / MODEL_NAME / champion["version"] / "metadata.json").is_file(), \
+                "a champion was named before its model was complete"
         advisor = LearnedAdvisor.load(models, MODEL_NAME, champion["version"])
         rec = advisor.recommend(task="simulate", input_features={"size": 101})
         assert rec["memory"], rec
