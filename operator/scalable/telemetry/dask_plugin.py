@@ -348,13 +348,8 @@ class TelemetryCollector:
             self._seen.add(ident)
             self._running.pop(key, None)
             self._done.add(key)
-        record = TaskObservation(
-            run_id=self.run_id,
-            task=sub.task,
-            tag=sub.tag,
-            key=key,
-            input_features=sub.input_features,
-            submitted_at=sub.submitted_at,
+        self._record(self._observation(
+            sub, key,
             started_at=msg["started_at"],
             finished_at=msg["finished_at"],
             duration_s=max(0.0, msg["duration_s"]),
@@ -363,8 +358,14 @@ class TelemetryCollector:
             worker_resources=Resources(cpus=msg.get("nthreads"), memory_bytes=msg.get("memory_limit")),
             state=msg["state"],
             worker=msg.get("worker_name") or msg.get("worker"),
+        ))
+
+    def _observation(self, sub: _Submitted, key: str, **observed: Any) -> TaskObservation:
+        """What was submitted joined with what was observed of its execution."""
+        return TaskObservation(
+            run_id=self.run_id, task=sub.task, tag=sub.tag, key=key, input_features=sub.input_features,
+            submitted_at=sub.submitted_at, **observed,
         )
-        self._record(record)
 
     def _lost(self, msg: Mapping[str, Any]) -> None:
         worker = str(msg["worker"])
@@ -377,22 +378,15 @@ class TelemetryCollector:
                     continue
                 self._seen.add((key, started))
                 del self._running[key]
-                records.append(
-                    TaskObservation(
-                        run_id=self.run_id,
-                        task=sub.task,
-                        tag=sub.tag,
-                        key=key,
-                        input_features=sub.input_features,
-                        submitted_at=sub.submitted_at,
-                        started_at=started,
-                        finished_at=float(msg["time"]),
-                        duration_s=max(0.0, float(msg["time"]) - started),
-                        peak_memory_bytes=msg.get("rss") or None,
-                        state=state,
-                        worker=worker,
-                    )
-                )
+                records.append(self._observation(
+                    sub, key,
+                    started_at=started,
+                    finished_at=float(msg["time"]),
+                    duration_s=max(0.0, float(msg["time"]) - started),
+                    peak_memory_bytes=msg.get("rss") or None,
+                    state=state,
+                    worker=worker,
+                ))
         for record in records:
             self._record(record)
 
