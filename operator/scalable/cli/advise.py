@@ -45,7 +45,9 @@ def _number_or_text(value: str) -> Any:
     return number if math.isfinite(number) else value
 
 
-def _check_common(model_type: str, coverage: float) -> None:
+def _check_common(model_type: str, coverage: float, output: str) -> None:
+    if output not in FORMATS:
+        raise fail(f"--format must be text or json, got {output!r}")
     if model_type not in MODEL_TYPES:
         raise fail(f"unknown model type {model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
     if not 0.0 < coverage < 1.0:
@@ -86,9 +88,7 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option("text", "--format", "-f", help="text or json"),
     ) -> None:
         """Recommend cpus and memory for the next run of a task."""
-        _check_common(model_type, coverage)
-        if output not in FORMATS:
-            raise fail(f"--format must be text or json, got {output!r}")
+        _check_common(model_type, coverage, output)
         if advisor not in ("learned", "percentile"):
             raise fail(f"--advisor must be learned or percentile, got {advisor!r}")
         features = parse_input(input)
@@ -109,9 +109,7 @@ def register(app: typer.Typer) -> None:
         output: str = typer.Option("text", "--format", "-f", help="text or json"),
     ) -> None:
         """Train a LearnedAdvisor on the runs directory and store it as a new version."""
-        _check_common(model_type, coverage)
-        if output not in FORMATS:
-            raise fail(f"--format must be text or json, got {output!r}")
+        _check_common(model_type, coverage, output)
         from rich.console import Console
 
         from scalable.advising.learned_advisor import LearnedAdvisor
