@@ -35,7 +35,10 @@ class ArrivalForecaster:
     always supplies the counter.
 
     ``half_life_s`` is how long the level takes to forget half of an old rate;
-    ``trend_half_life_s`` the same for the trend. The forecast never goes below zero.
+    ``trend_half_life_s`` the same for the trend. The forecast never goes below zero, and
+    neither does the rate the damped trend leads to: a falling trend is cut where it
+    would, so that a quiet spell after one wave starts the next from zero, not from a
+    negative trend left over from the last wave's end.
     """
 
     def __init__(self, half_life_s: float = 2.0, trend_half_life_s: float = 4.0) -> None:
@@ -63,13 +66,16 @@ class ArrivalForecaster:
         else:
             alpha = self._weight(dt, self.half_life_s)
             beta = self._weight(dt, self.trend_half_life_s)
-            projected = previous.level + previous.trend * dt
-            level = alpha * rate + (1 - alpha) * projected
+            projected = max(0.0, previous.level + previous.trend * dt)
+            level = max(0.0, alpha * rate + (1 - alpha) * projected)
             trend = beta * (level - previous.level) / dt + (1 - beta) * previous.trend
+            # a rate cannot fall below zero: the trend may take the damped forecast down to
+            # zero, no further, or the end of one wave would hold down the start of the next
+            trend = max(trend, -level / self._damping_s)
         self.state = HoltState(
             time=now,
             submitted=max(submitted, previous.submitted),
-            level=max(0.0, level),
+            level=level,
             trend=trend,
             observations=previous.observations + 1,
         )

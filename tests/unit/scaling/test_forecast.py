@@ -51,3 +51,25 @@ def test_a_steep_wave_is_not_extrapolated_without_bound():
     ceiling = state.level + state.trend * 4.0 / math.log(2)
     assert forecaster.rate(1000) == pytest.approx(ceiling, rel=1e-6)
     assert forecaster.arrivals(10) < ceiling * 10
+
+
+def test_a_new_wave_after_a_quiet_spell_is_forecast_as_the_first_one_was():
+    """The end of a wave must not leave a negative trend that holds down the start of the next."""
+
+    def onset(forecaster, t0, submitted):
+        forecaster.observe(t0 + 1, submitted + 1)
+        forecaster.observe(t0 + 2, submitted + 3)
+        return forecaster.arrivals(10)
+
+    fresh = ArrivalForecaster()
+    fresh.observe(0, 0)
+    first = onset(fresh, 0, 0)
+    after = ArrivalForecaster()
+    submitted = 0
+    for second in range(10):  # a wave rising to 9 tasks/s ...
+        submitted += second
+        after.observe(second, submitted)
+    for second in range(10, 24):  # ... then 14 quiet seconds
+        after.observe(second, submitted)
+    assert after.state.level + after.state.trend * after._damping_s >= -1e-9
+    assert onset(after, 23, submitted) > 0.75 * first
