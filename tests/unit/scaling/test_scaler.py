@@ -135,14 +135,57 @@ def test_predictive_scales_up_before_the_queue_fills():
     assert advisor.calls >= 1
 
 
-def test_predictive_holds_for_a_queue_the_workers_clear_within_the_horizon():
+def test_predictive_holds_for_a_queue_the_workers_clear_before_a_new_worker_could_join():
     advisor = _FixedAdvisor(duration=0.1, confidence=0.95)
     scaler = AdaptiveScaler(advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=30)
     decision = scaler.evaluate(snap(queued=40, processing=1, workers=1, task="quick"), now=0)
     assert decision.actions["demeter"] == "hold"
     assert "clear the queue" in decision.reasoning["demeter"]
-    assert decision.tags["demeter"].predicted_load == pytest.approx(40.5 * 0.1 / 30)
+    assert decision.tags["demeter"].predicted_load == pytest.approx(0.0), "4 s of work, done before a pod (30 s) joins"
     assert decision.confidence == pytest.approx(0.95)
+    # the same queue where a worker joins in a second: the 30 tasks left then would wait 3 s
+    # more; spread so that each starts within another second, they need 3 threads, not 30
+    fast = AdaptiveScaler(
+        advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=30, worker_startup_seconds=1
+    )
+    quick = fast.evaluate(snap(queued=40, processing=1, workers=1, task="quick"), now=0)
+    assert quick.actions["demeter"] == "scale_up"
+    assert quick.tags["demeter"].predicted_load == pytest.approx(3.0)
+
+
+def test_running_tasks_keep_their_threads_for_their_predicted_remaining_time():
+    """Two 10 s tasks about to finish free their threads for the queue; two just started do not."""
+    def decide(started_at):
+        scaler = AdaptiveScaler(
+            advisor=_FixedAdvisor(duration=10.0), min_workers=1, max_workers=20, cooldown_seconds=0,
+            horizon_seconds=10, worker_startup_seconds=1,
+        )
+        pending = [{"task": "run", "input_features": {"i": i}, "started_at": started_at} for i in range(2)]
+        pending += [{"task": "run", "input_features": {"i": i}} for i in range(2, 4)]
+        return scaler.evaluate(snap(queued=2, processing=2, workers=3, pending=pending), now=100.0).tags["demeter"]
+
+    finishing = decide(started_at=90.1)
+    assert finishing.action == "hold" and finishing.predicted_load == pytest.approx(2.0)
+    starting = decide(started_at=100.0)
+    assert starting.action == "scale_up" and starting.predicted_load == pytest.approx(4.0)
+    assert starting.to_workers == 4, "four tasks, four threads"
+
+
+def test_waiting_tasks_are_predicted_with_their_own_durations():
+    """A long task at the head of the queue is a busy thread for the whole horizon; short ones are not."""
+    class _ByInput(_FixedAdvisor):
+        def recommend_batch(self, items):
+            return [_Rec(float(i["input_features"]["seconds"]), 0.9) for i in items]
+
+    def load(seconds):
+        scaler = AdaptiveScaler(
+            advisor=_ByInput(), min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=10, worker_startup_seconds=1
+        )
+        pending = [{"task": "run", "input_features": {"seconds": s}} for s in seconds]
+        return scaler.evaluate(snap(queued=len(seconds), processing=0, workers=1, pending=pending), now=0).tags["demeter"].predicted_load
+
+    assert load([0.2, 0.2, 0.2]) == pytest.approx(0.0)
+    assert load([30.0, 0.2, 0.2]) == pytest.approx(2.0), "the long task holds the worker, the short ones start when a new one joins"
 
 
 def test_low_confidence_falls_back_to_reactive_and_says_so():
@@ -168,9 +211,11 @@ def test_decision_converts_to_telemetry_records():
     decision = scaler.evaluate(snap(queued=20, processing=1, workers=1, task="run"), now=42.0)
     (record,) = decision.to_records("run-1")
     assert isinstance(record, ScalingDecisionRecord)
-    assert (record.tag, record.action, record.from_workers, record.to_workers, record.mode) == ("demeter", "scale_up", 1, 3, "predictive")  # (20 + 1/2) x 2 s over 30 s at 0.55
+    assert (record.tag, record.action, record.from_workers, record.to_workers, record.mode) == ("demeter", "scale_up", 1, 2, "predictive")
+    # the worker starts 15 of the 2 s tasks before a new one could join (30 s), the other 5 within
+    # another 30 s: one thread busy at 30 s on a capacity of 1, brought to 0.55 by 2 workers
     assert record.time == 42.0 and record.confidence == pytest.approx(0.9) and record.queued == 20
-    assert "demeter: scale_up 1->3 (predictive)" in str(decision)
+    assert "demeter: scale_up 1->2 (predictive)" in str(decision)
 
 
 _tag_state = st.fixed_dictionaries(
