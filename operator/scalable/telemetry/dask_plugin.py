@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -279,6 +279,11 @@ class _Submitted:
     tag: str | None
     input_features: dict[str, Any]
     submitted_at: float
+    #: start times of the executions already recorded (live and replayed events meet here)
+    recorded: set[float] = field(default_factory=set)
+    #: no longer pending work: finished (a failed task may still be retried) or cancelled
+    done: bool = False
+    cancelled: bool = False
 
 
 class TelemetryCollector:
@@ -287,6 +292,10 @@ class TelemetryCollector:
     ``sink`` is called with each :class:`TaskObservation` (a run writer's ``append``).
     Thread-safe: events arrive on the client's event loop, the session reads pending work
     from its scaling thread.
+
+    A task is kept only while a record of it may still come: it is dropped once it has
+    succeeded or, cancelled, is not running, so a long session holds its tasks in flight
+    and those that failed (Dask may retry them), not every task it ever submitted.
     """
 
     def __init__(self, run_id: str, sink: Callable[[TaskObservation], Any]) -> None:
@@ -295,10 +304,13 @@ class TelemetryCollector:
         self._lock = threading.Lock()
         self._submitted: dict[str, _Submitted] = {}
         self._running: dict[str, tuple[str, float]] = {}
-        self._done: set[str] = set()
-        self._seen: set[tuple[str, float]] = set()
         self.recorded = 0
         self.submitted_per_tag: dict[str | None, int] = {}
+
+    def __len__(self) -> int:
+        """Tasks held: in flight, failed, or cancelled while running."""
+        with self._lock:
+            return len(self._submitted)
 
     def register(self, key: str, task: str, tag: str | None, input_features: Mapping[str, Any], submitted_at: float) -> None:
         """Remember a submitted task so that its worker events can be attributed."""
@@ -309,17 +321,30 @@ class TelemetryCollector:
             self.submitted_per_tag[tag] = self.submitted_per_tag.get(tag, 0) + 1
 
     def forget(self, key: str) -> None:
-        """A cancelled task: no longer pending."""
+        """A cancelled task: no longer pending; dropped unless it runs (its record is still to come)."""
         with self._lock:
-            self._done.add(key)
+            sub = self._submitted.get(key)
+            if sub is None:
+                return
+            sub.done = sub.cancelled = True
+            if key not in self._running:
+                del self._submitted[key]
 
     def pending(self) -> dict[str | None, list[dict[str, Any]]]:
-        """Per tag, the submitted tasks that have not finished: ``{"task", "input_features"}``."""
+        """Per tag, the submitted tasks that have not finished, in submission order.
+
+        Each is ``{"task", "input_features"}``, plus ``"started_at"`` (epoch seconds) once a
+        worker has reported it started, so that the scaler knows how long it has run.
+        """
         out: dict[str | None, list[dict[str, Any]]] = {}
         with self._lock:
             for key, sub in self._submitted.items():
-                if key not in self._done:
-                    out.setdefault(sub.tag, []).append({"task": sub.task, "input_features": sub.input_features})
+                if not sub.done:
+                    item: dict[str, Any] = {"task": sub.task, "input_features": sub.input_features}
+                    running = self._running.get(key)
+                    if running is not None:
+                        item["started_at"] = running[1]
+                    out.setdefault(sub.tag, []).append(item)
         return out
 
     def handle(self, event: tuple[float, Mapping[str, Any]]) -> None:
@@ -331,7 +356,8 @@ class TelemetryCollector:
             if msg["phase"] == "started":
                 key, started = str(msg["key"]), float(msg["time"])
                 with self._lock:
-                    if key not in self._done and (key, started) not in self._seen:
+                    sub = self._submitted.get(key)
+                    if sub is not None and not sub.done and started not in sub.recorded:
                         self._running[key] = (str(msg["worker"]), started)
             elif msg["phase"] == "finished":
                 self._finished(msg)
@@ -340,14 +366,16 @@ class TelemetryCollector:
 
     def _finished(self, msg: Mapping[str, Any]) -> None:
         key = str(msg["key"])
+        started = float(msg["started_at"])
         with self._lock:
-            ident = (key, float(msg["started_at"]))
             sub = self._submitted.get(key)
-            if sub is None or ident in self._seen:
+            if sub is None or started in sub.recorded:
                 return
-            self._seen.add(ident)
+            sub.recorded.add(started)
             self._running.pop(key, None)
-            self._done.add(key)
+            sub.done = True
+            if msg["state"] == TaskState.succeeded.value or sub.cancelled:
+                del self._submitted[key]
         self._record(self._observation(
             sub, key,
             started_at=msg["started_at"],
@@ -374,10 +402,12 @@ class TelemetryCollector:
         with self._lock:
             for key, (where, started) in list(self._running.items()):
                 sub = self._submitted.get(key)
-                if where != worker or sub is None or (key, started) in self._seen:
+                if where != worker or sub is None or started in sub.recorded:
                     continue
-                self._seen.add((key, started))
+                sub.recorded.add(started)
                 del self._running[key]
+                if sub.cancelled:
+                    del self._submitted[key]
                 records.append(self._observation(
                     sub, key,
                     started_at=started,
