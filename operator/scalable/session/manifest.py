@@ -75,7 +75,13 @@ class ScalingSettings(_Model):
     scale_up_threshold: float = Field(default=0.8, gt=0)
     scale_down_threshold: float = Field(default=0.3, gt=0)
     cooldown_seconds: float = Field(default=60.0, ge=0)
-    horizon_seconds: float | None = Field(default=None, gt=0, description="default: cooldown_seconds + 30")
+    horizon_seconds: float | None = Field(
+        default=None, gt=0, description="default: cooldown_seconds + worker_startup_seconds"
+    )
+    worker_startup_seconds: float | None = Field(
+        default=None, ge=0, le=3600,
+        description="how long a new worker takes to join; default 5 for the local target, 30 for kubernetes",
+    )
     min_confidence: float = Field(default=0.5, ge=0, le=1)
     max_scale_down_step: int = Field(default=1, ge=1)
 
@@ -184,6 +190,7 @@ scaling:
   scale_down_threshold: 0.3
   cooldown_seconds: 60           # per group, from the last change
   horizon_seconds: 90            # predictive look-ahead: the cooldown plus a worker's start-up
+  # worker_startup_seconds: 5    # how long a new worker takes to join (default 5 local, 30 kubernetes)
   min_confidence: 0.5            # below it the scaler is reactive and says so
   max_scale_down_step: 1         # idle workers retired per decision
 

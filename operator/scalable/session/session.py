@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 _AUTO = "auto"
 _PENDING_LIMIT = 500
+#: default time a new worker takes to join: a local worker process, a Kubernetes pod
+_LOCAL_STARTUP_S = 5.0
+_POD_STARTUP_S = 30.0
 #: decisions kept in memory for inspection; all of them are in the run's telemetry
 _DECISIONS_KEPT = 1000
 
@@ -203,6 +206,13 @@ class ScalableSession:
             logger.warning("scalable: %s", self.advisor_note)
             return None
 
+    def _worker_startup_seconds(self) -> float:
+        """scalable.yaml's, else what it typically takes: a local process or a pod to join."""
+        configured = self.manifest.scaling.worker_startup_seconds
+        if configured is not None:
+            return configured
+        return _LOCAL_STARTUP_S if self.target_name == "local" else _POD_STARTUP_S
+
     def start(self) -> ScalableClient:
         """Start the cluster, the telemetry run and the scaler; return the client."""
         if self.client is not None:
@@ -221,6 +231,7 @@ class ScalableSession:
                 horizon_seconds=scaling.horizon_seconds,
                 min_confidence=scaling.min_confidence,
                 max_scale_down_step=scaling.max_scale_down_step,
+                worker_startup_seconds=self._worker_startup_seconds(),
             )
         self._target = self._make_target()
         dask_client = self._target.start()
