@@ -45,6 +45,7 @@ def test_init_writes_a_valid_manifest_with_a_demeter_group(tmp_path):
         ({"scaling": {"mode": "psychic"}}, "scaling.mode: Input should be 'predictive', 'reactive' or 'off'"),
         ({"scaling": {"scale_up_threshold": 0.2}}, "scale_down_threshold (0.3) must be below scale_up_threshold (0.2)"),
         ({"scaling": {"cooldown": 5}}, "scaling.cooldown: unknown field"),
+        ({"scaling": {"worker_startup_seconds": -1}}, "scaling.worker_startup_seconds: Input should be greater than or equal to 0"),
     ],
 )
 def test_mistakes_name_file_field_and_what_is_allowed(tmp_path, change, message):
@@ -92,3 +93,16 @@ def test_scaler_decision_from_the_command_line():
     assert result.output.startswith("scale_up 2 -> 6 (reactive)")
     bad = CliRunner().invoke(app, ["session", "decide", "--queued", "1", "--workers", "1", "--scale-up-threshold", "0.1"])
     assert bad.exit_code == 2
+
+
+def test_worker_start_up_for_the_scaler_defaults_by_target():
+    from scalable.session.session import ScalableSession
+
+    def startup(target, **scaling):
+        manifest = Manifest.model_validate(
+            {"worker_groups": [{"tag": "a"}], "kubernetes": {"cluster": "c"}, "scaling": {"cooldown_seconds": 10, **scaling}}
+        )
+        return ScalableSession(manifest, target=target, advisor=None)._worker_startup_seconds()
+
+    assert startup("local") == 5.0 and startup("kubernetes") == 30.0
+    assert startup("local", worker_startup_seconds=1.5) == 1.5
