@@ -186,7 +186,13 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
             lines.append(f"| {name} | {r['mean_wait_s']:.2f} s | {r['p95_wait_s']:.2f} s | {r['makespan_s']:.1f} s "
                          f"| {r['worker_seconds']:.0f} |")
         cmp_ = sc.get("predictive_vs_reactive") or {}
-        if cmp_:
+        reduction, extra = cmp_.get("mean_wait_reduction"), cmp_.get("extra_worker_seconds")
+        if isinstance(reduction, (int, float)) and isinstance(extra, (int, float)):
+            verdict = "met" if cmp_.get("target_met") else "NOT met"
+            lines += ["", f"Predictive vs reactive: mean wait {100 * reduction:.1f}% lower at {100 * extra:+.1f}% "
+                          f"worker-seconds; target ({cmp_.get('target', '>= 30% lower mean wait at <= 10% more worker-seconds')}) "
+                          f"{verdict}."]
+        elif cmp_:
             lines += ["", f"Predictive vs reactive: {json.dumps(cmp_)}"]
         lines.append("")
     else:
