@@ -293,10 +293,15 @@ class LearnedAdvisor(BaseEstimator):
             "seconds": round(time.perf_counter() - started, 3),
         }
         self.model_version_: str | None = None
-        self.unavailable_reason_ = (
-            None if self.calibrator_ is not None and "memory" in self.models_
-            else f"too little history to train and calibrate a model ({n} records)"
-        )
+        n_memory = int(np.isfinite(targets["memory"].to_numpy()).sum())
+        if self.calibrator_ is not None and "memory" in self.models_:
+            self.unavailable_reason_ = None
+        elif n and n_memory == 0:
+            self.unavailable_reason_ = f"none of the {n} records has a peak memory, so there is no memory model"
+        else:
+            self.unavailable_reason_ = (
+                f"too little history to train and calibrate a memory model ({n} records, {n_memory} with memory)"
+            )
         from scalable.advising.model_store import frame_digest
 
         self.training_digest_ = frame_digest(frame[["task", "end_time", "peak_memory_bytes", "duration_s"]])
@@ -476,18 +481,10 @@ class LearnedAdvisor(BaseEstimator):
         coverage: float,
         single: bool,
     ) -> list[Recommendation]:
-        encoder = self.encoder_
         if not self.ready:
             reason = getattr(self, "unavailable_reason_", None) or "the model is not trained"
-            return [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
-        known_tags = encoder.task_tags_
-        if single:
-            X = encoder.transform_one(tasks[0], features[0], tags[0], self.history_)
-            tag_array = np.array([tags[0] if tags[0] is not None else known_tags.get(tasks[0], "")], dtype=object)
-        else:
-            frame = encoder.request_frame(tasks, features, tags)
-            X = encoder.transform_requests(frame, self.history_)
-            tag_array = frame["tag"].astype(object).where(frame["tag"].notna(), "").to_numpy(dtype=object)
+            return self._answer_without_memory_model(tasks, features, tags, target, coverage, single, reason)
+        X, tag_array = self._request_features(tasks, features, tags, single)
         n_hist = X[:, self._n_task_column].astype(float)
         n_tag = X[:, self._n_tag_column].astype(float)
         X = X[:, self.active_features_]
@@ -578,6 +575,42 @@ class LearnedAdvisor(BaseEstimator):
             )
         return out
 
+    def _request_features(
+        self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]], tags: Sequence[str | None], single: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The full feature rows of the requests and the tag each request runs with."""
+        encoder = self.encoder_
+        if single:
+            X = encoder.transform_one(tasks[0], features[0], tags[0], self.history_)
+            tag = tags[0] if tags[0] is not None else encoder.task_tags_.get(tasks[0], "")
+            return X, np.array([tag], dtype=object)
+        frame = encoder.request_frame(tasks, features, tags)
+        X = encoder.transform_requests(frame, self.history_)
+        return X, frame["tag"].astype(object).where(frame["tag"].notna(), "").to_numpy(dtype=object)
+
+    def _answer_without_memory_model(
+        self,
+        tasks: Sequence[str],
+        features: Sequence[Mapping[str, Any]],
+        tags: Sequence[str | None],
+        target: str | None,
+        coverage: float,
+        single: bool,
+        reason: str,
+    ) -> list[Recommendation]:
+        """Memory (and cpus) from the ResourceAdvisor, but a duration from the model when one was
+        trained: traces that log times and not memory still deserve the learned runtime."""
+        models = getattr(self, "models_", {})
+        if "duration" not in models or not hasattr(self, "active_features_"):
+            return [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
+        X, _ = self._request_features(tasks, features, tags, single)
+        n_hist = X[:, self.encoder_.feature_names_.index("task:duration:n")].astype(float)
+        duration = np.exp(self._predict("duration", X[:, self.active_features_]))
+        return [
+            self._fallback(t, target, coverage, reason, None, float(d), g, model_duration=n >= self.min_history)
+            for t, g, d, n in zip(tasks, tags, duration.tolist(), n_hist.tolist())
+        ]
+
     def _oom_floor(self, task: str) -> float:
         history = self.fallback_.tasks_.get(task)
         return 0.0 if history is None else history.memory.oom_floor
@@ -591,12 +624,17 @@ class LearnedAdvisor(BaseEstimator):
         model_confidence: float | None,
         duration: float | None = None,
         tag: str | None = None,
+        model_duration: bool = False,
     ) -> Recommendation:
+        """The ResourceAdvisor's answer, saying why. ``model_duration``: the model's ``duration``
+        replaces the ResourceAdvisor's median (the task has the history the model needs)."""
         base = self.fallback_.recommend(task, target=target, coverage=coverage, tag=tag)
         predicted = base.predicted_duration_s
-        if predicted is None and duration is not None:
+        if duration is not None and (model_duration or predicted is None):
             predicted = round(duration, 3)
         memory_bytes, interval, basis = base.memory_bytes, base.interval, f"{reason}; ResourceAdvisor: {base.basis}"
+        if model_duration and duration is not None and target == "duration":
+            basis = f"{self.model_type} model: predicted duration {duration:.1f}s ({reason} for memory)"
         fallback_method = base.method
         if base.method == "default":
             # neither the task nor its tag has run: the coverage quantile of every known peak

@@ -227,17 +227,23 @@ class ResourceAdvisor(BaseEstimator):
             raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
         history = self.tasks_.get(task)
         prefix = ""
-        if (history is None or history.memory.n == 0) and self.use_tag_history:
+        if not _has_usage(history) and self.use_tag_history:
             tag = tag if tag is not None else self.task_tags_.get(task)
-            if tag is not None and tag in self.tags_ and self.tags_[tag].memory.n:
+            if tag is not None and _has_usage(self.tags_.get(tag)):
                 history = self.tags_[tag]
                 prefix = f"no history for task {task!r}; runs with tag {tag!r}: "
-        if history is None or (history.memory.n == 0 and history.memory.oom_floor == 0):
+        if not _has_usage(history):
             return self._default(task, coverage)
-        memory, memory_basis = self._memory_chain(coverage).explain(history.memory)
-        if history.memory.n == 0:
-            memory = max(memory, self.default_memory_bytes_)
-            memory_basis = f"no usage recorded; {memory_basis}"
+        if history.memory.n == 0 and history.memory.oom_floor == 0:
+            # runs without a memory record (traces that log only times) still say how long and
+            # how busy the task is; memory is the default, and the basis says so
+            memory = float(max(self.default_memory_bytes_, self.min_memory_bytes_))
+            memory_basis = f"no memory usage recorded: default {format_memory(int(memory))}"
+        else:
+            memory, memory_basis = self._memory_chain(coverage).explain(history.memory)
+            if history.memory.n == 0:
+                memory = max(memory, self.default_memory_bytes_)
+                memory_basis = f"no usage recorded; {memory_basis}"
         if history.cpus.n:
             cpus_exact, cpu_basis = self._cpu_chain(coverage).explain(history.cpus)
         else:
@@ -295,6 +301,13 @@ class ResourceAdvisor(BaseEstimator):
         advisor.n_observations_ = int(state["n_observations"])
         advisor._cache = {}
         return advisor
+
+
+def _has_usage(history: _TaskHistory | None) -> bool:
+    """Whether any run of this history recorded usage (memory, an OOM kill, cpus or duration)."""
+    if history is None:
+        return False
+    return bool(history.memory.n or history.memory.oom_floor or history.cpus.n or history.duration.size)
 
 
 def _whole_cpus(cpus: float) -> int:

@@ -203,3 +203,32 @@ def test_spread_power_scales_the_score_and_stays_calibrated(history, future, adv
     rate, learned = under_provision(scaled, future, 0.98)
     assert learned.mean() > 0.6
     assert 0.005 <= rate <= 0.05, rate
+
+
+def test_history_without_memory_still_gets_the_learned_duration():
+    """Traces that log times but no memory (CTC-SP2) train a duration model; the memory answer
+    comes from the ResourceAdvisor's default and says why, the duration from the model."""
+    frame = make_frame(n_tasks=3, runs_per_task=150)
+    frame["peak_memory_bytes"] = np.nan
+    advisor = LearnedAdvisor(coverage=0.9).fit(frame)
+    assert not advisor.ready
+    assert "no memory model" in advisor.unavailable_reason_
+
+    small = advisor.recommend("task_2", {"num_nodes": 200, "scenario_type": "baseline"}, target="duration")
+    large = advisor.recommend("task_2", {"num_nodes": 1900, "scenario_type": "baseline"}, target="duration")
+    assert small.method == "percentile"
+    assert "model: predicted duration" in small.basis
+    # the synthetic duration grows with num_nodes: a model sees it, a per-task median cannot
+    assert large.predicted_duration_s > 2 * small.predicted_duration_s
+    truth = 30 + 1900 * 0.05 * 3
+    assert abs(large.predicted_duration_s - truth) / truth < 0.3
+    memory = advisor.recommend("task_2", {"num_nodes": 1900, "scenario_type": "baseline"})
+    assert memory.memory == "4Gi" and "no memory usage recorded: default 4Gi" in memory.basis
+    assert memory.predicted_duration_s == pytest.approx(large.predicted_duration_s)
+
+    batch = advisor.recommend_batch([{"task": "task_2", "input_features": {"num_nodes": 1900, "scenario_type": "baseline"},
+                                      "target": "duration"}])
+    assert batch[0].predicted_duration_s == pytest.approx(large.predicted_duration_s, rel=1e-5)
+    # a task never seen has no model duration to trust: the ResourceAdvisor (its tag) answers
+    unseen = advisor.recommend("task_new", {"num_nodes": 1900}, tag="group-0", target="duration")
+    assert "model: predicted duration" not in unseen.basis

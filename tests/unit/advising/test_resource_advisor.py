@@ -94,3 +94,20 @@ def test_state_round_trip_and_update():
     assert advisor.history_size("task_0") == 50
     extended = ResourceAdvisor().fit(frame.iloc[:60]).extend(frame.iloc[60:])
     assert extended.recommend("task_2").memory_bytes == advisor.recommend("task_2").memory_bytes
+
+
+def test_runs_without_memory_records_still_give_duration_and_cpus():
+    frame = pd.DataFrame({
+        "task": ["sim"] * 5, "tag": ["u1"] * 5, "state": ["succeeded"] * 5,
+        "peak_memory_bytes": [np.nan] * 5, "cpu_seconds": [20.0] * 5,
+        "duration_s": [10.0, 12.0, 14.0, 16.0, 18.0], "end_time": np.arange(5.0), "submitted_at": np.arange(5.0),
+    })
+    advisor = ResourceAdvisor(short_history=0).fit(frame)
+    rec = advisor.recommend("sim")
+    assert rec.method == "percentile"
+    assert rec.predicted_duration_s == 14.0
+    assert rec.memory == "4Gi" and "no memory usage recorded" in rec.basis
+    assert rec.cpus == 2
+    # the tag's runs answer for a task never seen, memory still the default
+    assert advisor.recommend("other", tag="u1").predicted_duration_s == 14.0
+    assert advisor.recommend("other").method == "default"
