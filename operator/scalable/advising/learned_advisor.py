@@ -636,18 +636,20 @@ class LearnedAdvisor(BaseEstimator):
         if model_duration and duration is not None and target == "duration":
             basis = f"{self.model_type} model: predicted duration {duration:.1f}s ({reason} for memory)"
         fallback_method = base.method
-        if base.method == "default":
-            # neither the task nor its tag has run: the coverage quantile of every known peak
+        if base.method == "default" or base.details.get("memory_source") == "default":
+            # neither the task nor its tag recorded memory: the coverage quantile of every known peak
             # is the data's answer, a fixed default is nobody's (4Gi against runs of a few MiB
             # held most of the reserved memory of a whole replayed trace)
             known, n_known = self._global_memory_quantile(coverage)
             if n_known and math.isfinite(known):
                 memory_bytes = int(math.ceil(max(known, self.min_memory_bytes_)))
                 interval = None
-                basis = (
-                    f"{reason}; no history for task {task!r} or its tag: p{_percent(coverage)} of all "
-                    f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
-                )
+                if target in (None, "memory"):
+                    basis = (
+                        f"{reason}; {'no history' if base.method == 'default' else 'no memory recorded'} for task "
+                        f"{task!r} or its tag: p{_percent(coverage)} of all "
+                        f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
+                    )
                 fallback_method = "all_runs"
         return Recommendation._trusted(
             cpus=base.cpus,

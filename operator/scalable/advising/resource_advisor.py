@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -225,49 +225,57 @@ class ResourceAdvisor(BaseEstimator):
             raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
         if not 0.0 < coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
-        history = self.tasks_.get(task)
-        prefix = ""
-        if not _has_usage(history) and self.use_tag_history:
+        # each quantity comes from the task's own runs when they recorded it, else from its tag's
+        # (a trace may log times but no memory: those runs still say how long the task takes)
+        sources = [(self.tasks_.get(task), "")]
+        if self.use_tag_history:
             tag = tag if tag is not None else self.task_tags_.get(task)
-            if tag is not None and _has_usage(self.tags_.get(tag)):
-                history = self.tags_[tag]
-                prefix = f"no history for task {task!r}; runs with tag {tag!r}: "
-        if not _has_usage(history):
+            if tag is not None:
+                sources.append((self.tags_.get(tag), f"no history for task {task!r}; runs with tag {tag!r}: "))
+
+        def first(recorded: Callable[[_TaskHistory], Any]) -> tuple[_TaskHistory | None, str]:
+            return next(((h, p) for h, p in sources if h is not None and recorded(h)), (None, ""))
+
+        memory_history, memory_prefix = first(lambda h: h.memory.n or h.memory.oom_floor)
+        cpu_history, cpu_prefix = first(lambda h: h.cpus.n)
+        duration_history, duration_prefix = first(lambda h: h.duration.size)
+        if memory_history is None and cpu_history is None and duration_history is None:
             return self._default(task, coverage)
-        if history.memory.n == 0 and history.memory.oom_floor == 0:
-            # runs without a memory record (traces that log only times) still say how long and
-            # how busy the task is; memory is the default, and the basis says so
+        if memory_history is None:
             memory = float(max(self.default_memory_bytes_, self.min_memory_bytes_))
             memory_basis = f"no memory usage recorded: default {format_memory(int(memory))}"
         else:
-            memory, memory_basis = self._memory_chain(coverage).explain(history.memory)
-            if history.memory.n == 0:
+            memory, memory_basis = self._memory_chain(coverage).explain(memory_history.memory)
+            if memory_history.memory.n == 0:
                 memory = max(memory, self.default_memory_bytes_)
                 memory_basis = f"no usage recorded; {memory_basis}"
-        if history.cpus.n:
-            cpus_exact, cpu_basis = self._cpu_chain(coverage).explain(history.cpus)
+            memory_basis = memory_prefix + memory_basis
+        if cpu_history is not None:
+            cpus_exact, cpu_basis = self._cpu_chain(coverage).explain(cpu_history.cpus)
+            cpu_basis = cpu_prefix + cpu_basis
         else:
             cpus_exact, cpu_basis = float(self.default_cpus), f"no cpu usage recorded: default {self.default_cpus}"
-        if history.duration.size:
-            duration = float(np.median(history.duration))
-            duration_basis = f"median duration of {history.duration.size} runs"
+        if duration_history is not None:
+            duration = float(np.median(duration_history.duration))
+            duration_basis = f"{duration_prefix}median duration of {duration_history.duration.size} runs"
         else:
             duration, duration_basis = None, "no duration recorded"
         basis = {None: memory_basis, "memory": memory_basis, "cpus": cpu_basis, "duration": duration_basis}[target]
-        n = history.memory.n
-        median = float(np.median(history.memory.values)) if n else memory
+        n = memory_history.memory.n if memory_history is not None else 0
+        median = float(np.median(memory_history.memory.values)) if n else memory
         return Recommendation(
             cpus=_whole_cpus(cpus_exact),
             memory_bytes=int(math.ceil(memory)),
             confidence=round(n / (n + max(self.short_history, 1)), 2),
             method="percentile",
-            basis=prefix + basis,
+            basis=basis,
             predicted_duration_s=None if duration is None else round(duration, 3),
             interval=(int(median), int(math.ceil(memory))),
             coverage=coverage,
             task=task,
             cpus_exact=cpus_exact,
-            details={"history": n, "memory_basis": memory_basis, "cpu_basis": cpu_basis},
+            details={"history": n, "memory_basis": memory_basis, "cpu_basis": cpu_basis,
+                     "memory_source": "default" if memory_history is None else "task" if memory_prefix == "" else "tag"},
         )
 
     def _default(self, task: str, coverage: float) -> Recommendation:

@@ -111,3 +111,15 @@ def test_runs_without_memory_records_still_give_duration_and_cpus():
     # the tag's runs answer for a task never seen, memory still the default
     assert advisor.recommend("other", tag="u1").predicted_duration_s == 14.0
     assert advisor.recommend("other").method == "default"
+
+
+def test_a_task_whose_runs_logged_no_memory_takes_memory_from_its_tag_and_time_from_itself():
+    frame = pd.DataFrame({
+        "task": ["sim"] * 3 + ["post"] * 20, "tag": ["u1"] * 23, "state": ["succeeded"] * 23,
+        "peak_memory_bytes": [np.nan] * 3 + [100.0 * MiB] * 20, "cpu_seconds": [np.nan] * 3 + [5.0] * 20,
+        "duration_s": [100.0, 110.0, 120.0] + [5.0] * 20, "end_time": np.arange(23.0), "submitted_at": np.arange(23.0),
+    })
+    rec = ResourceAdvisor(short_history=0, min_memory=1).fit(frame).recommend("sim")
+    assert rec.memory == "100Mi"
+    assert "runs with tag 'u1'" in rec.basis
+    assert rec.predicted_duration_s == 110.0
