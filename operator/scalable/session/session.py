@@ -38,11 +38,13 @@ from scalable.session.queue import queue_state
 from scalable.telemetry.dask_plugin import (
     LOST_TOPIC,
     TASK_TOPIC,
+    WORKER_TOPIC,
     ProbedTask,
     TelemetryCollector,
     TelemetrySchedulerPlugin,
     capture_features,
     flush_lost_workers,
+    sample_workers,
     task_name,
 )
 from scalable.telemetry.store import RunStore, RunWriter
@@ -244,9 +246,11 @@ class ScalableSession:
                     labels={"target": self.target_name},
                 )
                 self.collector = TelemetryCollector(self.writer.run_id, self.writer.append)
-                dask_client.register_plugin(TelemetrySchedulerPlugin())
+                self.collector.worker_tags = {resource_name(tag): tag for tag in self.tags}
                 dask_client.subscribe_topic(TASK_TOPIC, self.collector.handle)
                 dask_client.subscribe_topic(LOST_TOPIC, self.collector.handle)
+                dask_client.subscribe_topic(WORKER_TOPIC, self.collector.handle_worker)
+                dask_client.register_plugin(TelemetrySchedulerPlugin())
         except BaseException:
             dask_client.close()
             self._target.close()
@@ -330,14 +334,19 @@ class ScalableSession:
             if self.client is not None and self.collector is not None:
                 try:
                     self.client.dask.run_on_scheduler(flush_lost_workers)
-                    for topic in (TASK_TOPIC, LOST_TOPIC):
+                    self.client.dask.run_on_scheduler(sample_workers)
+                    topics = (TASK_TOPIC, LOST_TOPIC, WORKER_TOPIC)
+                    for topic in topics:
                         self.client.dask.unsubscribe_topic(topic)
-                    events = {topic: self.client.dask.get_events(topic) for topic in (TASK_TOPIC, LOST_TOPIC)}
+                    events = {topic: self.client.dask.get_events(topic) for topic in topics}
                     self.collector.replay(events)
                 except Exception:  # noqa: BLE001 - what was recorded live stays recorded
                     logger.warning("scalable: could not replay telemetry events at close", exc_info=True)
             if self.writer is not None and self.collector is not None:
-                self.writer.close(labels={"target": self.target_name, "tasks_recorded": str(self.collector.recorded)})
+                self.writer.close(labels={
+                    "target": self.target_name, "tasks_recorded": str(self.collector.recorded),
+                    "worker_samples_recorded": str(self.collector.workers_recorded),
+                })
         finally:
             if self.client is not None:
                 self.client.dask.close()

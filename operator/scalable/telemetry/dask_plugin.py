@@ -9,10 +9,14 @@ Three pieces, each where the fact it records is known:
 * :class:`TelemetrySchedulerPlugin` runs *on the scheduler*. It hears the nanny's
   ``worker-restart-memory`` event and, when a worker leaves, logs :data:`LOST_TOPIC` with
   whether memory killed it, because a killed worker can say nothing about its last task.
+  It also logs :data:`WORKER_TOPIC` when a worker joins and leaves, with its resources.
 * :class:`TelemetryCollector` runs *in the client*. It knows what was submitted (task
   name, tag, input features, submission time) and turns the events into
   :class:`~scalable.telemetry.schema.TaskObservation` records appended to a run as soon as
-  they arrive, so a session that crashes keeps everything recorded up to the crash.
+  they arrive, so a session that crashes keeps everything recorded up to the crash; and
+  the worker events into :class:`~scalable.telemetry.schema.WorkerObservation` samples:
+  one when a worker joins, one when it leaves (or when the session closes), so a worker's
+  earliest and latest samples are its start and stop.
 
 Measurement choices:
 
@@ -46,11 +50,12 @@ from typing import Any
 import psutil
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from scalable.telemetry.schema import Resources, TaskObservation, TaskState
+from scalable.telemetry.schema import Resources, TaskObservation, TaskState, WorkerObservation
 
 __all__ = [
     "TASK_TOPIC",
     "LOST_TOPIC",
+    "WORKER_TOPIC",
     "ProbedTask",
     "TelemetrySchedulerPlugin",
     "TelemetryCollector",
@@ -61,6 +66,7 @@ __all__ = [
 
 TASK_TOPIC = "scalable-task"
 LOST_TOPIC = "scalable-worker-lost"
+WORKER_TOPIC = "scalable-worker"
 SAMPLE_INTERVAL_S = 0.01
 _MAX_FEATURE_STR = 200
 _FEATURES_ATTRIBUTE = "__scalable_features__"
@@ -235,6 +241,23 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
         self.grace_s = grace_s
         self._memory: dict[str, int] = {}
         self._pending: dict[asyncio.TimerHandle, tuple[Any, str, float]] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
+
+    async def start(self, scheduler: Any) -> None:
+        """Workers that joined before the plugin was registered are reported as joining now."""
+        for address in list(scheduler.workers):
+            self.add_worker(scheduler, address)
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        ws = scheduler.workers.get(worker)
+        if ws is None or worker in self._workers:
+            return
+        info = {
+            "worker": worker, "name": str(ws.name), "nthreads": ws.nthreads,
+            "memory_limit": ws.memory_limit or None, "resources": dict(ws.resources or {}),
+        }
+        self._workers[worker] = info
+        scheduler.log_event(WORKER_TOPIC, {**info, "event": "joined", "time": time.time(), "tasks_executing": 0})
 
     def flush(self) -> int:
         """Give the verdict on every lost worker now instead of after the grace period.
@@ -265,6 +288,30 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
             return
         rss = self._memory.pop(worker, None)
         scheduler.log_event(LOST_TOPIC, {"worker": worker, "time": left, "memory": rss is not None, "rss": rss})
+        info = self._workers.pop(worker, None)
+        if info is not None:
+            scheduler.log_event(WORKER_TOPIC, {**info, "event": "left", "time": left, "memory_bytes": rss})
+
+
+def sample_workers(dask_scheduler: Any) -> int:
+    """For ``Client.run_on_scheduler``: log a sample of every connected worker (memory, tasks).
+
+    The session calls it as it closes, so that a worker still running then has a last sample.
+    """
+    plugin = dask_scheduler.plugins.get(TelemetrySchedulerPlugin.name)
+    if not isinstance(plugin, TelemetrySchedulerPlugin):
+        return 0
+    now = time.time()
+    for address, ws in list(dask_scheduler.workers.items()):
+        info = plugin._workers.get(address)
+        if info is None:
+            continue
+        memory = getattr(getattr(ws, "memory", None), "process", None)
+        dask_scheduler.log_event(WORKER_TOPIC, {
+            **info, "event": "sample", "time": now, "memory_bytes": int(memory) if memory else None,
+            "tasks_executing": min(len(ws.processing), ws.nthreads),
+        })
+    return len(dask_scheduler.workers)
 
 
 def flush_lost_workers(dask_scheduler: Any) -> int:
@@ -306,6 +353,10 @@ class TelemetryCollector:
         self._running: dict[str, tuple[str, float]] = {}
         self.recorded = 0
         self.submitted_per_tag: dict[str | None, int] = {}
+        #: worker resource name -> tag, to tell a worker's group from its resources
+        self.worker_tags: dict[str, str] = {}
+        self._worker_events: set[tuple[str, str, float]] = set()
+        self.workers_recorded = 0
 
     def __len__(self) -> int:
         """Tasks held: in flight, failed, or cancelled while running."""
@@ -363,6 +414,26 @@ class TelemetryCollector:
                 self._finished(msg)
         elif "worker" in msg and "memory" in msg:
             self._lost(msg)
+
+    def handle_worker(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        """Handler for :data:`WORKER_TOPIC`: a worker joined, left or was sampled."""
+        _, msg = event
+        if not isinstance(msg, Mapping) or "worker" not in msg or "time" not in msg:
+            return
+        ident = (str(msg["worker"]), str(msg.get("event")), float(msg["time"]))
+        with self._lock:
+            if ident in self._worker_events:
+                return
+            self._worker_events.add(ident)  # a few per worker: replayed events are recognised
+        resources = msg.get("resources") or {}
+        tag = next((self.worker_tags[r] for r in resources if r in self.worker_tags), None)
+        self._sink(WorkerObservation(
+            run_id=self.run_id, time=float(msg["time"]), worker=str(msg.get("name") or msg["worker"]), tag=tag,
+            memory_bytes=msg.get("memory_bytes"), tasks_executing=msg.get("tasks_executing"),
+            resources=Resources(cpus=msg.get("nthreads"), memory_bytes=msg.get("memory_limit")),
+        ))
+        with self._lock:
+            self.workers_recorded += 1
 
     def _finished(self, msg: Mapping[str, Any]) -> None:
         key = str(msg["key"])
@@ -434,3 +505,5 @@ class TelemetryCollector:
         for topic in (TASK_TOPIC, LOST_TOPIC):
             for event in events.get(topic, ()):
                 self.handle(event)
+        for event in events.get(WORKER_TOPIC, ()):
+            self.handle_worker(event)

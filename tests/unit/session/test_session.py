@@ -11,7 +11,7 @@ import pytest
 from distributed import wait
 
 from scalable.session.session import ScalableSession
-from scalable.telemetry.schema import ScalingDecisionRecord, TaskObservation
+from scalable.telemetry.schema import ScalingDecisionRecord, TaskObservation, WorkerObservation
 
 from . import workloads
 
@@ -84,6 +84,16 @@ def test_a_tagged_task_runs_only_on_its_groups_workers(write_manifest):
     assert len(tasks) == 24
     assert {t.worker_resources.cpus for t in tasks if t.tag == "gcam"} == {2}
     assert all(t.worker.startswith(f"{t.tag}-") for t in tasks)
+    samples = {}
+    for sample in _records(session.runs_dir / session.run_id, "workers.jsonl", WorkerObservation):
+        samples.setdefault(sample.worker, []).append(sample)
+    assert {name.split("-")[0] for name in samples} == {"demeter", "gcam"}
+    for name, seen in samples.items():
+        seen.sort(key=lambda s: s.time)  # events missed live are recorded from the replay at close
+        assert len(seen) >= 2, f"{name}: a sample when it joined, and when it left or the session closed"
+        assert {s.tag for s in seen} == {name.split("-")[0]} and seen[0].tasks_executing == 0
+        assert seen[0].resources.memory_bytes == 1024**3
+    assert {s.resources.cpus for name, seen in samples.items() if name.startswith("gcam") for s in seen} == {2}
 
 
 def test_erred_and_oom_killed_tasks_are_recorded_with_their_state(write_manifest):

@@ -82,3 +82,19 @@ def test_a_task_on_a_lost_worker_is_recorded_and_stays_pending_for_its_rerun():
     collector.handle(_started("k", 10.0, worker="tcp://w2"))
     collector.handle(_finished("k", 10.0, worker="tcp://w2"))
     assert [r.state for r in records] == ["oom_killed", "succeeded"] and len(collector) == 0
+
+
+def test_worker_events_become_samples_with_tag_and_resources_recorded_once():
+    collector, records = _collector()
+    collector.worker_tags = {"tag-demeter": "demeter"}
+    base = {"worker": "tcp://127.0.0.1:1", "name": "demeter-3", "nthreads": 2, "memory_limit": 1 << 30,
+            "resources": {"tag-demeter": 1_000_000}}
+    joined = (5.0, {**base, "event": "joined", "time": 5.0, "tasks_executing": 0})
+    left = (9.0, {**base, "event": "left", "time": 9.0, "memory_bytes": None})
+    other = (6.0, {**base, "worker": "tcp://127.0.0.1:2", "name": "x", "resources": {}, "event": "joined", "time": 6.0})
+    for event in (joined, left, other):
+        collector.handle_worker(event)
+    collector.replay({"scalable-worker": [joined, left, other]})
+    assert [(r.worker, r.time, r.tag) for r in records] == [("demeter-3", 5.0, "demeter"), ("demeter-3", 9.0, "demeter"), ("x", 6.0, None)]
+    assert records[0].resources.cpus == 2 and records[0].resources.memory_bytes == 1 << 30
+    assert records[0].tasks_executing == 0 and collector.workers_recorded == 3
