@@ -26,6 +26,7 @@ RESULTS = Path(os.environ.get("SCALABLE_BENCH_RESULTS", HERE / "results"))
 BENCHMARKS = {
     "loader": ("bench_loader.py", ["--repeat", "2"], "loader.json"),
     "replay": ("bench_advisor_replay.py", ["--quick"], "advisor_replay.json"),
+    "ceiling": ("diag_memory_ceiling.py", [], "memory_ceiling.json"),
     "runtime": ("bench_runtime.py", ["--quick"], "runtime.json"),
     "inference": ("bench_inference.py", ["--quick"], "inference.json"),
     "scaling": ("bench_scaling.py", ["--quick"], "scaling.json"),
@@ -121,6 +122,21 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
         lines.append("")
     else:
         lines += ["(no result yet: `python benchmarks/bench_advisor_replay.py`)", ""]
+    ceiling = _load("memory_ceiling.json")
+    if ceiling:
+        b = ceiling["best_model_at_2pct"]
+        lines += ["### How far the trace allows it (diagnostic)", "",
+                  f"`{ceiling['command']}`: features computed exactly as of each job's submission, models trained "
+                  f"once on the earlier half ({ceiling['n_train']} jobs), margin-tuned like the benchmark.", "",
+                  "| predictor | slack at 1% | at 2% | at 5% |", "|---|---|---|---|"]
+        for name, v in ceiling["slack_at_rate"].items():
+            lines.append(f"| {name} | {_pct(v['0.01'])} | {_pct(v['0.02'])} | {_pct(v['0.05'])} |")
+        sp = ceiling["spike"]
+        lines += ["", f"- Best model at 2%: {b['name']}, {_pct(b['slack_reduction'])} less slack than p50 of task "
+                      f"(the target asks 25%).",
+                  f"- The jobs that need the headroom ({_pct(sp['share_of_scored'])} of jobs above x1.35 of the predicted "
+                  f"median) are barely recognisable at submit time: classifier ROC AUC {sp['classifier_roc_auc']:.2f} "
+                  f"(0.5 = chance).", ""]
 
     rt = _load("runtime.json")
     lines += ["## Runtime prediction, CTC-SP2 and HPC2N", ""]
