@@ -58,6 +58,8 @@ SCALING = {
     "horizon_seconds": 10.0,
     "max_scale_down_step": 2,
     "min_confidence": 0.3,
+    #: a forkserver worker joins in 0.5-1 s here (see the series of earlier runs)
+    "worker_startup_seconds": 1.0,
 }
 
 
