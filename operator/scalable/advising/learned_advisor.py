@@ -33,10 +33,11 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from scalable.advising.calibration import ConformalCalibrator, conformal_quantile
+from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
-from scalable.units import parse_memory
+from scalable.units import format_memory, parse_memory
 
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
 
@@ -206,6 +207,7 @@ class LearnedAdvisor(BaseEstimator):
         say("features")
         self.encoder_ = FeatureEncoder().fit(frame)
         X = self.encoder_.transform_training(frame)
+        runs_known = X[:, self.encoder_.feature_names_.index("task:memory:n")].copy()
         targets = log_targets(frame)
         self.history_ = self.encoder_.history(frame)
         self._log = HistoryLog.of(self.encoder_, frame)
@@ -281,6 +283,20 @@ class LearnedAdvisor(BaseEstimator):
                     "median_abs_log_error": float(np.median(np.abs(predicted - y))),
                     "n": int(rows.size),
                 }
+        # the runs the ResourceAdvisor will answer for: held-out runs whose task had fewer than
+        # min_history runs finished when they were submitted
+        short = memory_cal[runs_known[memory_cal] < self.min_history] if memory_cal.size else memory_cal
+        self.fallback_calibration_: FallbackCalibration | None = None
+        if short.size:
+            say("calibration: short history")
+            self.fallback_calibration_ = FallbackCalibration.measure(
+                frame, short, use_tag_history=self.fallback_.use_tag_history)
+            calibration = self.fallback_calibration_
+            self.quality_["fallback"] = {"n_held_out": calibration.n, "coverage": self.coverage}
+            for source in ("task", "tag"):
+                found = calibration.margin(self.coverage, source)
+                self.quality_["fallback"][f"from_{source}"] = {
+                    "n_held_out": calibration.count(source), "margin": None if found is None else round(found[0], 4)}
         self.training_ = {
             "n_records": int(n),
             "n_train": int(len(train)),
@@ -338,6 +354,7 @@ class LearnedAdvisor(BaseEstimator):
     def _reset_caches(self) -> None:
         self._single_cache: dict[tuple, Recommendation] = {}
         self._global_q_cache: dict[float, tuple[float, int]] = {}
+        self._fallback_margin_cache: dict[tuple[float, str], tuple[float, int] | None] = {}
         self._cpu_q_cache: dict[float, float] = {}
         if not hasattr(self, "_flat"):
             self._flat = {}
@@ -633,10 +650,14 @@ class LearnedAdvisor(BaseEstimator):
         if duration is not None and (model_duration or predicted is None):
             predicted = round(duration, 3)
         memory_bytes, interval, basis = base.memory_bytes, base.interval, f"{reason}; ResourceAdvisor: {base.basis}"
-        if model_duration and duration is not None and target == "duration":
-            basis = f"{self.model_type} model: predicted duration {duration:.1f}s ({reason} for memory)"
         fallback_method = base.method
-        if base.method == "default" or base.details.get("memory_source") == "default":
+        calibrated = self._calibrated_fallback_memory(task, tag, coverage)
+        if calibrated is not None:
+            memory_bytes, interval, memory_basis = calibrated
+            fallback_method = "calibrated_percentile"
+            if target in (None, "memory"):
+                basis = f"{reason}; ResourceAdvisor: {memory_basis}"
+        elif base.method == "default" or base.details.get("memory_source") == "default":
             # neither the task nor its tag recorded memory: the coverage quantile of every known peak
             # is the data's answer, a fixed default is nobody's (4Gi against runs of a few MiB
             # held most of the reserved memory of a whole replayed trace)
@@ -651,6 +672,8 @@ class LearnedAdvisor(BaseEstimator):
                         f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
                     )
                 fallback_method = "all_runs"
+        if model_duration and duration is not None and target == "duration":
+            basis = f"{self.model_type} model: predicted duration {duration:.1f}s ({reason} for memory)"
         return Recommendation._trusted(
             cpus=base.cpus,
             memory_bytes=memory_bytes,
@@ -666,6 +689,39 @@ class LearnedAdvisor(BaseEstimator):
             details={**base.details, "model_confidence": model_confidence, "fallback_method": fallback_method},
             keys_shown=_FALLBACK_KEYS,
         )
+
+    def _calibrated_fallback_memory(
+        self, task: str, tag: str | None, coverage: float
+    ) -> tuple[int, tuple[int, int], str] | None:
+        """Memory for a short-history task: the median its runs (else its tag's) used, times the
+        margin measured on held-out short-history runs (see :mod:`scalable.advising.fallback_calibration`).
+        None when there is no such calibration for ``coverage`` or no memory to start from."""
+        calibration = getattr(self, "fallback_calibration_", None)
+        if calibration is None:
+            return None
+        centre = self.fallback_.memory_percentile(task, calibration.quantile, tag)
+        if centre is None:
+            return None
+        value, source, n_runs = centre
+        margins = self._fallback_margin_cache
+        if (coverage, source) not in margins:
+            margins[(coverage, source)] = calibration.margin(coverage, source)
+        found = margins[(coverage, source)]
+        if found is None:
+            return None
+        margin, n_held_out = found
+        memory = max(value * margin, self.min_memory_bytes_, self._oom_floor(task))
+        memory_bytes = int(math.ceil(memory))
+        whose = "this task" if source == "task" else "its tag"
+        runs = "run" if n_runs == 1 else "runs"
+        basis = (
+            f"p{_percent(calibration.quantile)} of {n_runs} {runs} of {whose} ({format_memory(int(value))}) "
+            f"x{margin:.2f}, the margin under which {_percent(coverage)}% of {n_held_out} held-out runs "
+            f"with short history fitted"
+        )
+        if memory > value * margin:
+            basis += "; raised to the minimum or an OOM floor"
+        return memory_bytes, (int(value), memory_bytes), basis
 
     def _global_memory_quantile(self, coverage: float) -> tuple[float, int]:
         """The conformal ``coverage`` quantile of every known run's peak memory (the largest
@@ -722,6 +778,9 @@ class LearnedAdvisor(BaseEstimator):
             "active_features": self.active_features_,
             "sample_rows": self.sample_rows_,
             "fallback": self.fallback_.to_state(),
+            "fallback_calibration": (
+                self.fallback_calibration_.to_state() if getattr(self, "fallback_calibration_", None) else None
+            ),
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
         self.model_version_ = version_dir.name
@@ -777,6 +836,8 @@ class LearnedAdvisor(BaseEstimator):
         advisor.calibrator_ = ConformalCalibrator.from_state(calibration) if calibration is not None else None
         advisor.cpu_scores_ = np.asarray(payload["cpu_scores"], dtype=float)
         advisor.fallback_ = ResourceAdvisor.from_state(payload["fallback"])
+        stored = payload.get("fallback_calibration")
+        advisor.fallback_calibration_ = FallbackCalibration.from_state(stored) if stored is not None else None
         advisor.quality_ = dict(metadata.get("quality") or {})
         advisor.training_ = dict(metadata.get("training") or {})
         advisor.model_version_ = version
@@ -802,6 +863,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.history_ = advisor.encoder_.history(frame) if not empty else {}
         advisor.models_ = {}
         advisor.calibrator_ = None
+        advisor.fallback_calibration_ = None
         advisor.cpu_scores_ = np.zeros(0)
         advisor.quality_ = {}
         advisor.training_ = {}

@@ -225,13 +225,7 @@ class ResourceAdvisor(BaseEstimator):
             raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
         if not 0.0 < coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
-        # each quantity comes from the task's own runs when they recorded it, else from its tag's
-        # (a trace may log times but no memory: those runs still say how long the task takes)
-        sources = [(self.tasks_.get(task), "")]
-        if self.use_tag_history:
-            tag = tag if tag is not None else self.task_tags_.get(task)
-            if tag is not None:
-                sources.append((self.tags_.get(tag), f"no history for task {task!r}; runs with tag {tag!r}: "))
+        sources = self._sources(task, tag)
 
         def first(recorded: Callable[[_TaskHistory], Any]) -> tuple[_TaskHistory | None, str]:
             return next(((h, p) for h, p in sources if h is not None and recorded(h)), (None, ""))
@@ -277,6 +271,29 @@ class ResourceAdvisor(BaseEstimator):
             details={"history": n, "memory_basis": memory_basis, "cpu_basis": cpu_basis,
                      "memory_source": "default" if memory_history is None else "task" if memory_prefix == "" else "tag"},
         )
+
+    def _sources(self, task: str, tag: str | None) -> list[tuple[_TaskHistory | None, str]]:
+        """Where usage may come from, in order, with the basis prefix each needs: the task's own
+        runs, then its tag's. Each quantity is taken from the first that recorded it (a trace
+        may log times but no memory: those runs still say how long the task takes)."""
+        sources: list[tuple[_TaskHistory | None, str]] = [(self.tasks_.get(task), "")]
+        if self.use_tag_history:
+            tag = tag if tag is not None else self.task_tags_.get(task)
+            if tag is not None:
+                sources.append((self.tags_.get(tag), f"no history for task {task!r}; runs with tag {tag!r}: "))
+        return sources
+
+    def memory_percentile(self, task: str, q: float = 0.5, tag: str | None = None) -> tuple[float, str, int] | None:
+        """The ``q`` percentile of the peak memory the task's runs recorded (else its tag's),
+        the first step of the memory chain alone: no margin, widening or minimum. Returns the
+        bytes, where they came from ("task" or "tag") and how many runs; None when neither
+        recorded memory. A caller that calibrates its own margin starts from this."""
+        if not hasattr(self, "tasks_"):
+            raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
+        for (history, prefix), source in zip(self._sources(task, tag), ("task", "tag")):
+            if history is not None and history.memory.n:
+                return Percentile(q).apply(0.0, history.memory), source, history.memory.n
+        return None
 
     def _default(self, task: str, coverage: float) -> Recommendation:
         memory = max(self.default_memory_bytes_, self.min_memory_bytes_)
