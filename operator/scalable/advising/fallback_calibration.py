@@ -17,7 +17,7 @@ had finished by then count (never one that ended after it was submitted).
 from __future__ import annotations
 
 import math
-from bisect import insort
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,45 +80,30 @@ class FallbackCalibration:
         use_tag_history: bool = True,
     ) -> "FallbackCalibration":
         """Scores of ``rows`` of ``frame`` (positions) against the answer
-        :meth:`ResourceAdvisor.memory_percentile` would have given when each was submitted.
-
-        One sweep through finish and submit events in time order keeps every task's and tag's
-        known peaks sorted, so each answer is exact as of its own submission: the runs that
-        ended strictly before it, no more (a run still going is unknown) and no fewer.
-        """
+        :meth:`ResourceAdvisor.memory_percentile` would have given when each was submitted:
+        from the task's runs that had ended strictly before, else from its tag's (a run still
+        going is unknown, and no known run is left out)."""
         usable = usage_columns(frame)["memory"].to_numpy(dtype=float)
         used = frame["peak_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
-        tasks = frame["task"].astype(str).to_numpy(dtype=object)
-        tags = (frame["tag"].astype(object).where(frame["tag"].notna(), None).to_numpy(dtype=object)
-                if "tag" in frame.columns else np.full(len(frame), None, dtype=object))
+        submitted = frame["submitted_at"].to_numpy(dtype=float)
+        ended = frame["end_time"].to_numpy(dtype=float)
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[np.isfinite(used[rows]) & (used[rows] > 0)]
-        finished = np.flatnonzero(np.isfinite(usable))
-        times = np.concatenate([frame["submitted_at"].to_numpy(dtype=float)[rows],
-                                frame["end_time"].to_numpy(dtype=float)[finished]])
-        # at equal times a submission comes first: a run ending at that instant is not yet known
-        kinds = np.concatenate([np.zeros(rows.size, dtype=np.int8), np.ones(finished.size, dtype=np.int8)])
-        which = np.concatenate([rows, finished])
-        order = np.lexsort((kinds, times))
-        known: dict[tuple[str, Any], list[float]] = {}
-        scores: list[float] = []
-        sources: list[str] = []
-        for kind, i in zip(kinds[order].tolist(), which[order].tolist()):
-            if kind:
-                insort(known.setdefault(("task", tasks[i]), []), usable[i])
-                if tags[i] is not None:
-                    insort(known.setdefault(("tag", tags[i]), []), usable[i])
-                continue
-            peaks, source = known.get(("task", tasks[i])), "task"
-            if not peaks and use_tag_history and tags[i] is not None:
-                peaks, source = known.get(("tag", tags[i])), "tag"
-            if peaks:
-                # numpy's "higher" quantile, the one the ResourceAdvisor's Percentile takes
-                answer = peaks[math.ceil(quantile * (len(peaks) - 1) - 1e-12)]
-                if answer > 0:
-                    scores.append(math.log(used[i] / answer))
-                    sources.append(source)
-        return cls(np.asarray(scores, dtype=float), np.asarray(sources, dtype=object), quantile)
+        tasks = frame["task"].astype(str).to_numpy(dtype=object)
+        answer = _as_of_quantiles(tasks, usable, ended, rows, submitted, quantile)
+        source = np.where(np.isnan(answer), None, "task").astype(object)
+        if use_tag_history and "tag" in frame.columns:
+            tags = frame["tag"].astype(object).where(frame["tag"].notna(), None).to_numpy(dtype=object)
+            need = np.flatnonzero(np.isnan(answer))
+            need = need[pd.notna(tags[rows[need]])]
+            if need.size:
+                from_tag = _as_of_quantiles(tags, usable, ended, rows[need], submitted, quantile)
+                hit = ~np.isnan(from_tag)
+                answer[need[hit]] = from_tag[hit]
+                source[need[hit]] = "tag"
+        keep = np.isfinite(answer) & (answer > 0)
+        scores = np.log(used[rows[keep]] / answer[keep])
+        return cls(scores, source[keep], quantile)
 
     def to_state(self) -> dict[str, Any]:
         return {"scores": self.scores, "from_tag": self.sources == "tag", "quantile": self.quantile}
@@ -128,3 +113,61 @@ class FallbackCalibration:
         from_tag = np.asarray(state["from_tag"], dtype=bool)
         return cls(np.asarray(state["scores"], dtype=float), np.where(from_tag, "tag", "task").astype(object),
                    float(state["quantile"]))
+
+
+def _as_of_quantiles(
+    keys: np.ndarray, values: np.ndarray, ended: np.ndarray, asked: np.ndarray, submitted: np.ndarray, q: float
+) -> np.ndarray:
+    """For each row in ``asked``, the ``q`` quantile of ``values`` over the rows of the same key
+    that ended strictly before it was submitted (NaN when there is none). One sweep through
+    end and submit events in time order, over the keys that are asked about only."""
+    out = np.full(asked.size, np.nan)
+    wanted = set(keys[asked].tolist())
+    known_rows = np.flatnonzero(np.isfinite(values) & pd.Series(keys).isin(wanted).to_numpy())
+    times = np.concatenate([submitted[asked], ended[known_rows]])
+    # at equal times a submission comes first: a run ending at that instant is not yet known
+    kinds = np.concatenate([np.zeros(asked.size, dtype=np.int8), np.ones(known_rows.size, dtype=np.int8)])
+    which = np.concatenate([np.arange(asked.size), known_rows])
+    order = np.lexsort((kinds, times))
+    running: dict[Any, _RunningQuantile] = {}
+    key_list, value_list, asked_keys = keys.tolist(), values.tolist(), keys[asked].tolist()
+    for kind, i in zip(kinds[order].tolist(), which[order].tolist()):
+        if kind:
+            state = running.get(key_list[i])
+            if state is None:
+                state = running[key_list[i]] = _RunningQuantile(q)
+            state.add(value_list[i])
+        else:
+            state = running.get(asked_keys[i])
+            if state is not None:
+                out[i] = state.value
+    return out
+
+
+class _RunningQuantile:
+    """numpy's "higher" ``q`` quantile (the one the ResourceAdvisor's Percentile takes) of a
+    growing set of values, in O(log n) per value: the smallest ``ceil(q (n - 1)) + 1`` values
+    sit in a max-heap whose top is the answer, the rest in a min-heap."""
+
+    __slots__ = ("q", "low", "high")
+
+    def __init__(self, q: float) -> None:
+        self.q = q
+        self.low: list[float] = []  # negated
+        self.high: list[float] = []
+
+    def add(self, value: float) -> None:
+        if self.low and value < -self.low[0]:
+            heapq.heappush(self.low, -value)
+        else:
+            heapq.heappush(self.high, value)
+        n = len(self.low) + len(self.high)
+        want = math.ceil(self.q * (n - 1) - 1e-12) + 1
+        while len(self.low) < want:
+            heapq.heappush(self.low, -heapq.heappop(self.high))
+        while len(self.low) > want:
+            heapq.heappush(self.high, -heapq.heappop(self.low))
+
+    @property
+    def value(self) -> float:
+        return -self.low[0]

@@ -115,3 +115,15 @@ def test_the_sweep_gives_what_a_resource_advisor_fitted_at_each_submission_says(
     assert len(expected) > 20
     assert sorted(calibration.scores.tolist()) == pytest.approx(sorted(s for s, _ in expected))
     assert sorted(calibration.sources.tolist()) == sorted(src for _, src in expected)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 1.0, 0.1])
+def test_the_running_quantile_is_numpys_higher_quantile(q):
+    from scalable.advising.fallback_calibration import _RunningQuantile
+
+    rng = np.random.default_rng(int(q * 10))
+    running, seen = _RunningQuantile(q), []
+    for value in rng.integers(0, 50, 300).astype(float):
+        running.add(value)
+        seen.append(value)
+        assert running.value == np.quantile(seen, q, method="higher")
