@@ -109,7 +109,7 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
                          f"{_pct(d['share'])}): slack at 2% {_pct(d2.get('learned_slack'))} vs best percentile rule on "
                          f"the same jobs {_pct(d2.get('best_percentile_slack'))}.")
         cf = rep.get("counterfactual_default_to_global_p95")
-        if cf:
+        if cf and cf.get("n_default"):
             lines.append(f"- Counterfactual (not an advisor): the {cf['n_default']} jobs whose task and user were never seen "
                          f"(fallback kind `default`), answered with the global p95 of known history instead: LearnedAdvisor "
                          f"slack at 1/2/5% would be " + " / ".join(_pct(cf[r]) for r in ("0.01", "0.02", "0.05")) + ".")
