@@ -227,12 +227,12 @@ class ResourceAdvisor(BaseEstimator):
             raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
         sources = self._sources(task, tag)
 
-        def first(recorded: Callable[[_TaskHistory], Any]) -> tuple[_TaskHistory | None, str]:
-            return next(((h, p) for h, p in sources if h is not None and recorded(h)), (None, ""))
+        def first(recorded: Callable[[_TaskHistory], Any]) -> tuple[_TaskHistory | None, str, str]:
+            return next(((h, name, p) for h, name, p in sources if h is not None and recorded(h)), (None, "default", ""))
 
-        memory_history, memory_prefix = first(lambda h: h.memory.n or h.memory.oom_floor)
-        cpu_history, cpu_prefix = first(lambda h: h.cpus.n)
-        duration_history, duration_prefix = first(lambda h: h.duration.size)
+        memory_history, memory_source, memory_prefix = first(lambda h: h.memory.n or h.memory.oom_floor)
+        cpu_history, _, cpu_prefix = first(lambda h: h.cpus.n)
+        duration_history, _, duration_prefix = first(lambda h: h.duration.size)
         if memory_history is None and cpu_history is None and duration_history is None:
             return self._default(task, coverage)
         if memory_history is None:
@@ -269,18 +269,18 @@ class ResourceAdvisor(BaseEstimator):
             task=task,
             cpus_exact=cpus_exact,
             details={"history": n, "memory_basis": memory_basis, "cpu_basis": cpu_basis,
-                     "memory_source": "default" if memory_history is None else "task" if memory_prefix == "" else "tag"},
+                     "memory_source": memory_source},
         )
 
-    def _sources(self, task: str, tag: str | None) -> list[tuple[_TaskHistory | None, str]]:
-        """Where usage may come from, in order, with the basis prefix each needs: the task's own
-        runs, then its tag's. Each quantity is taken from the first that recorded it (a trace
-        may log times but no memory: those runs still say how long the task takes)."""
-        sources: list[tuple[_TaskHistory | None, str]] = [(self.tasks_.get(task), "")]
+    def _sources(self, task: str, tag: str | None) -> list[tuple[_TaskHistory | None, str, str]]:
+        """Where usage may come from, in order, named, with the basis prefix each needs: the
+        task's own runs, then its tag's. Each quantity is taken from the first that recorded it
+        (a trace may log times but no memory: those runs still say how long the task takes)."""
+        sources: list[tuple[_TaskHistory | None, str, str]] = [(self.tasks_.get(task), "task", "")]
         if self.use_tag_history:
             tag = tag if tag is not None else self.task_tags_.get(task)
             if tag is not None:
-                sources.append((self.tags_.get(tag), f"no history for task {task!r}; runs with tag {tag!r}: "))
+                sources.append((self.tags_.get(tag), "tag", f"no history for task {task!r}; runs with tag {tag!r}: "))
         return sources
 
     def memory_percentile(self, task: str, q: float = 0.5, tag: str | None = None) -> tuple[float, str, int] | None:
@@ -290,7 +290,7 @@ class ResourceAdvisor(BaseEstimator):
         recorded memory. A caller that calibrates its own margin starts from this."""
         if not hasattr(self, "tasks_"):
             raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
-        for (history, prefix), source in zip(self._sources(task, tag), ("task", "tag")):
+        for history, source, _ in self._sources(task, tag):
             if history is not None and history.memory.n:
                 return Percentile(q).apply(0.0, history.memory), source, history.memory.n
         return None
@@ -326,13 +326,6 @@ class ResourceAdvisor(BaseEstimator):
         advisor.n_observations_ = int(state["n_observations"])
         advisor._cache = {}
         return advisor
-
-
-def _has_usage(history: _TaskHistory | None) -> bool:
-    """Whether any run of this history recorded usage (memory, an OOM kill, cpus or duration)."""
-    if history is None:
-        return False
-    return bool(history.memory.n or history.memory.oom_floor or history.cpus.n or history.duration.size)
 
 
 def _whole_cpus(cpus: float) -> int:
