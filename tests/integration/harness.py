@@ -218,6 +218,18 @@ def scalable_workflow(name: str, cluster: str, *, groups: list[dict[str, Any]] |
     return {"apiVersion": SCALABLE, "kind": "ScalableWorkflow", "metadata": {"name": name}, "spec": spec}
 
 
+async def create_workflow_without_prometheus(api: Any, namespace: str, *, max_workers: int) -> None:
+    """A DaskCluster ``sim`` at one replica and a Reactive ScalableWorkflow ``wf`` on it whose
+    Prometheus URL is a port nobody listens on: the operator must fall back to the scheduler."""
+    from tests.support.testenv import free_port
+
+    await create_dask_cluster(api, namespace, "sim", replicas=1)
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": max_workers}]
+    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0,
+               "prometheus": {"url": f"http://127.0.0.1:{free_port()}", "timeoutSeconds": 1}}
+    await create(api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+
+
 def write_history(runs_dir: Path, task: str = "simulate", n: int = 30, peak_gib: float = 3.0, cpu_seconds: float = 20.0,
                   duration_s: float = 10.0, workflow: str = "wf", start: float = 1.7e9, spread: float = 0.1) -> None:
     """``n`` task observations of ``task`` with peaks around ``peak_gib`` GiB."""

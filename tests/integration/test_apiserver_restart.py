@@ -14,10 +14,9 @@ Rerun: ``pytest tests/integration/test_apiserver_restart.py -q``
 from __future__ import annotations
 
 import asyncio
-import socket
 
-from tests.integration.harness import (QueueExporter, create, create_dask_cluster, get, operator_options, running_operator,
-                                       scalable_workflow, wait_until)
+from tests.integration.harness import (QueueExporter, create_workflow_without_prometheus, get, operator_options,
+                                       running_operator, wait_until)
 from tests.support.faults import pause_etcd, restart_apiserver
 
 
@@ -29,14 +28,8 @@ async def _replicas(api, namespace):
 async def test_operator_finishes_scaling_across_an_apiserver_restart(kube_cluster, kube_api, namespace, tmp_path):
     assert kube_cluster.control_plane is not None, "needs the local control plane (it restarts the API server)"
     scheduler = await QueueExporter(queued=0, processing=2).start()  # 2 busy threads on 1 worker: 4 workers
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
+    await create_workflow_without_prometheus(kube_api, namespace, max_workers=8)
     before = (await get(kube_api, namespace, "DaskCluster", "sim"))["spec"]["worker"]["spec"]["containers"][0]
-    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 8}]
-    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0, "prometheus": {"url": dead, "timeoutSeconds": 1}}
-    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
     seen: list[int] = []
     try:
         options = operator_options(namespace, tmp_path, scheduler_url=scheduler.url, lease_seconds=15)
@@ -84,13 +77,7 @@ async def _status_agrees(api, namespace, n):
 async def test_operator_finishes_scaling_across_an_etcd_outage(kube_cluster, kube_api, namespace, tmp_path):
     assert kube_cluster.control_plane is not None, "needs the local control plane (it pauses etcd)"
     scheduler = await QueueExporter(queued=0, processing=2).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
-    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 8}]
-    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0, "prometheus": {"url": dead, "timeoutSeconds": 1}}
-    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+    await create_workflow_without_prometheus(kube_api, namespace, max_workers=8)
     seen: list[int] = []
     try:
         options = operator_options(namespace, tmp_path, scheduler_url=scheduler.url, lease_seconds=15)

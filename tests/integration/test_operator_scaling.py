@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 from scalable.controller.kube import KubeClient
@@ -21,6 +20,7 @@ from tests.integration.harness import (
     condition,
     create,
     create_dask_cluster,
+    create_workflow_without_prometheus,
     get,
     job_queries,
     operator_options,
@@ -220,14 +220,7 @@ async def test_a_crash_between_patch_and_status_does_not_double_scale(kube_api, 
 
 async def test_without_prometheus_the_scheduler_metrics_drive_scaling_else_hold(kube_api, namespace, tmp_path):
     scheduler = await QueueExporter(queued=20, processing=2).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
-    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 5}]
-    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0,
-               "prometheus": {"url": dead, "timeoutSeconds": 1}}
-    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+    await create_workflow_without_prometheus(kube_api, namespace, max_workers=5)
     try:
         options = operator_options(namespace, tmp_path, scheduler_url=scheduler.url)
         async with running_operator(options):

@@ -5,7 +5,6 @@ is exercised over HTTP with real timeouts and refused connections, not through a
 """
 
 import asyncio
-import socket
 
 import aiohttp
 import pytest
@@ -20,6 +19,7 @@ from scalable.controller.prometheus import (
     render_queries,
 )
 from scalable.controller.resources import PrometheusQueries
+from tests.support.testenv import free_port
 
 
 def _vector(*values):
@@ -120,9 +120,7 @@ async def test_a_slow_prometheus_times_out(prom):
 
 
 async def test_a_refused_connection_is_unreachable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     async with aiohttp.ClientSession() as session:
         with pytest.raises(MetricsUnavailable) as info:
             await PrometheusClient(f"http://127.0.0.1:{port}", session, timeout=2).query("up")
