@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the pinned binaries of the local test control plane:
-# kube-apiserver, kube-controller-manager, kube-scheduler, etcd, helm and kwok, from the Go
-# module proxy.
+# kube-apiserver, kube-controller-manager, kube-scheduler, etcd, helm and kwok, and the node's
+# kubelet, kube-proxy and CoreDNS, from the Go module proxy.
 #
 #   hack/testenv-build.sh            build what is missing (what `make testenv` runs)
 #   hack/testenv-build.sh sync       regenerate hack/tools/*/go.mod and go.sum from
@@ -10,7 +10,8 @@
 #
 # Versions live in hack/versions.env. Binaries go to $SCALABLE_TESTENV_DIR (default
 # ~/.cache/scalable-testenv), one directory per component and version, e.g.
-#   kubernetes-v1.34.4/kube-apiserver, etcd-v3.6.16/etcd, helm-v3.19.5/helm, kwok-v0.7.0/kwok
+#   kubernetes-v1.34.4/kube-apiserver, etcd-v3.6.16/etcd, helm-v3.19.5/helm, kwok-v0.7.0/kwok,
+#   coredns-v1.12.1/coredns
 # and are rebuilt only when a version (or the wrapper module's go.sum) changes.
 # $SCALABLE_TESTENV_DIR/bin holds symlinks to the current ones (put it on PATH for helm).
 # Nothing built goes into the repository.
@@ -91,6 +92,7 @@ do_sync() {
   sync_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
   sync_simple helm helm.sh/helm/v3 "$HELM_VERSION"
   sync_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+  sync_simple coredns github.com/coredns/coredns "$COREDNS_VERSION"
   log "done; review and commit hack/tools/*/go.mod hack/tools/*/go.sum"
 }
 
@@ -127,8 +129,8 @@ build_into() {  # build_into OUTDIR TOOLDIR LDFLAGS PKG...
 build_kube() {
   local out="$TESTENV_DIR/kubernetes-$KUBERNETES_VERSION"
   require_synced kube k8s.io/kubernetes "$KUBERNETES_VERSION"
-  if up_to_date "$out" kube kube-apiserver kube-controller-manager kube-scheduler; then
-    log "kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNETES_VERSION: cached in $out"; return
+  if up_to_date "$out" kube kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; then
+    log "kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy $KUBERNETES_VERSION: cached in $out"; return
   fi
   local v="k8s.io/component-base/version" cv="k8s.io/client-go/pkg/version" f=""
   local x
@@ -138,7 +140,7 @@ build_kube() {
   done
   build_into "$out" kube "-s -w$f" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_etcd() {
@@ -168,6 +170,13 @@ build_kwok() {
   build_into "$out" kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok
 }
 
+build_coredns() {
+  local out="$TESTENV_DIR/coredns-$COREDNS_VERSION"
+  require_synced coredns github.com/coredns/coredns "$COREDNS_VERSION"
+  if up_to_date "$out" coredns coredns; then log "coredns $COREDNS_VERSION: cached in $out"; return; fi
+  build_into "$out" coredns "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" github.com/coredns/coredns
+}
+
 link_current() {
   mkdir -p "$TESTENV_DIR/bin"
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$TESTENV_DIR/bin/kube-apiserver"
@@ -176,6 +185,9 @@ link_current() {
   ln -sfn "../etcd-$ETCD_VERSION/etcd" "$TESTENV_DIR/bin/etcd"
   ln -sfn "../kwok-$KWOK_VERSION/kwok" "$TESTENV_DIR/bin/kwok"
   ln -sfn "../helm-$HELM_VERSION/helm" "$TESTENV_DIR/bin/helm"
+  ln -sfn "../kubernetes-$KUBERNETES_VERSION/kubelet" "$TESTENV_DIR/bin/kubelet"
+  ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-proxy" "$TESTENV_DIR/bin/kube-proxy"
+  ln -sfn "../coredns-$COREDNS_VERSION/coredns" "$TESTENV_DIR/bin/coredns"
 }
 
 case "${1:-build}" in
@@ -188,6 +200,7 @@ case "${1:-build}" in
     build_etcd
     build_helm
     build_kwok
+    build_coredns
     build_kube
     link_current
     log "all binaries ready in $TESTENV_DIR/bin ($((SECONDS - start)) s)"
