@@ -41,6 +41,7 @@ from scalable.telemetry.dask_plugin import (
     WORKER_TOPIC,
     ProbedTask,
     TelemetryCollector,
+    KernelOOMNannyPlugin,
     TelemetrySchedulerPlugin,
     capture_features,
     flush_lost_workers,
@@ -251,6 +252,7 @@ class ScalableSession:
                 dask_client.subscribe_topic(LOST_TOPIC, self.collector.handle)
                 dask_client.subscribe_topic(WORKER_TOPIC, self.collector.handle_worker)
                 dask_client.register_plugin(TelemetrySchedulerPlugin())
+                dask_client.register_plugin(KernelOOMNannyPlugin())
         except BaseException:
             dask_client.close()
             self._target.close()

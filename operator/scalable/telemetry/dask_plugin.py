@@ -10,6 +10,12 @@ Three pieces, each where the fact it records is known:
   ``worker-restart-memory`` event and, when a worker leaves, logs :data:`LOST_TOPIC` with
   whether memory killed it, because a killed worker can say nothing about its last task.
   It also logs :data:`WORKER_TOPIC` when a worker joins and leaves, with its resources.
+* :class:`KernelOOMNannyPlugin` runs *in each nanny*. In a container with a memory limit the
+  kernel, not the nanny, usually kills a worker that outgrows it (an allocation is faster than
+  the nanny's memory monitor); the nanny sees only a signal. The plugin watches the
+  container's cgroup OOM-kill counter and, when it rises, logs the same
+  ``worker-restart-memory`` event the nanny's own monitor would, so the task that worker was
+  running is recorded as ``oom_killed``.
 * :class:`TelemetryCollector` runs *in the client*. It knows what was submitted (task
   name, tag, input features, submission time) and turns the events into
   :class:`~scalable.telemetry.schema.TaskObservation` records appended to a run as soon as
@@ -48,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin
 
 from scalable.telemetry.schema import Resources, TaskObservation, TaskState, WorkerObservation
 
@@ -58,6 +64,7 @@ __all__ = [
     "WORKER_TOPIC",
     "ProbedTask",
     "TelemetrySchedulerPlugin",
+    "KernelOOMNannyPlugin",
     "TelemetryCollector",
     "capture_features",
     "declare_features",
@@ -291,6 +298,107 @@ class TelemetrySchedulerPlugin(SchedulerPlugin):
         info = self._workers.pop(worker, None)
         if info is not None:
             scheduler.log_event(WORKER_TOPIC, {**info, "event": "left", "time": left, "memory_bytes": rss})
+
+
+def own_oom_counter_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> tuple[str, ...]:
+    """Where this process finds its own memory cgroup's OOM-kill counter, most specific first:
+    its cgroup's path under the hierarchy (a process on a host), then the hierarchy's root (in
+    a container the runtime mounts the container's own cgroup there). cgroup v1 keeps it in
+    memory.oom_control ("oom_kill N", Linux 4.13+), v2 in memory.events."""
+    found: list[str] = []
+    try:
+        lines = open(proc_cgroup).read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            found.append(f"{root}/memory{path.rstrip('/')}/memory.oom_control")
+        elif controllers == "":
+            found.append(f"{root}{path.rstrip('/')}/memory.events")
+    found += [f"{root}/memory/memory.oom_control", f"{root}/memory.events"]
+    return tuple(dict.fromkeys(found))
+
+
+def read_oom_kills(paths: tuple[str, ...]) -> int | None:
+    """The number of processes the kernel OOM-killed in this memory cgroup, or None when no
+    counter is readable (not in a container with a memory controller)."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# How long after the OOM-kill counter rises the worker's death is still blamed on it.
+KILL_ATTRIBUTION_S = 2.0
+
+
+class KernelOOMNannyPlugin(NannyPlugin):
+    """Turns a kernel OOM kill of the nanny's worker into the nanny's memory event.
+
+    Polls the container's OOM-kill counter (cheap: one small file) and remembers the worker's
+    address while it lives, because by the time the kill is seen the nanny may already be
+    starting a new worker under a new address.
+    """
+
+    name = "scalable-kernel-oom"
+    idempotent = True
+
+    def __init__(self, interval_s: float = 0.1, counter_files: tuple[str, ...] | None = None) -> None:
+        self.interval_s = interval_s
+        self.counter_files = counter_files
+        self._callback: Any = None
+
+    def setup(self, nanny: Any) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        files = self.counter_files or own_oom_counter_files()
+        seen = read_oom_kills(files)
+        if seen is None:
+            return
+        state: dict[str, Any] = {"seen": seen, "worker": nanny.worker_address, "kill_seen_at": None}
+
+        def poll() -> None:
+            kills = read_oom_kills(files)
+            now = time.monotonic()
+            if kills is not None and kills > state["seen"]:
+                state["seen"], state["kill_seen_at"] = kills, now
+            # A kill in the cgroup counts only if it took the nanny's worker with it (the
+            # process may be reaped a moment after the counter rises).
+            if state["kill_seen_at"] is not None:
+                died = not nanny.is_alive() or nanny.worker_address != state["worker"]
+                if died and state["worker"]:
+                    nanny.log_event("worker-restart-memory", {
+                        "worker": state["worker"], "pid": None, "rss": _cgroup_peak_bytes(), "kernel_oom_kill": True,
+                    })
+                if died or now - state["kill_seen_at"] > KILL_ATTRIBUTION_S:
+                    state["kill_seen_at"] = None
+            if nanny.worker_address and nanny.is_alive():
+                state["worker"] = nanny.worker_address
+
+        self._callback = PeriodicCallback(poll, self.interval_s * 1000)
+        self._callback.start()
+
+    def teardown(self, nanny: Any) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+
+
+def _cgroup_peak_bytes() -> int:
+    """The container's peak memory (what it reached before the kill), 0 when unknown."""
+    for path in ("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", "/sys/fs/cgroup/memory.peak"):
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def sample_workers(dask_scheduler: Any) -> int:
