@@ -5,7 +5,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export SCALABLE_TESTENV_DIR ?= $(HOME)/.cache/scalable-testenv
 
 .PHONY: help install test test-unit test-integration test-e2e lint crds schemas bench \
-	      testenv testenv-up testenv-down demo setup clean \
+	      testenv testenv-up testenv-down images demo setup clean \
 	      chart-crds chart-docs crd-docs manifests image kind-up kind-load deploy-kind e2e-kind kind-down
 
 help: ## list the targets
@@ -44,6 +44,9 @@ bench: ## run the benchmarks and record their figures under benchmarks/results
 
 testenv: ## build (or reuse) the pinned control-plane binaries outside the repo
 	hack/testenv-build.sh
+
+images: ## build (or reuse) the test node's container images as OCI archives outside the repo (no registry)
+	PYTHON=$(PYTHON) hack/images-build.sh
 
 testenv-up: testenv ## start etcd, kube-apiserver and kube-controller-manager on loopback
 	hack/testenv-up.sh

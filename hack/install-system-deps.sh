@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # System packages the test tiers need, from Debian: prometheus (the e2e tier scrapes a real
-# Dask scheduler with it). Idempotent and quick when everything is already there; never
-# fails because apt has already run. Runs as root (CI and the dev machines) or via sudo.
+# Dask scheduler with it); buildah and debootstrap (hack/images-build.sh builds the test
+# node's images with them), containerd and runc (the node, and `hack/images-build.sh verify`).
+# Idempotent and quick when everything is already there; never fails because apt has already
+# run. Runs as root (CI and the dev machines) or via sudo.
 set -euo pipefail
 
 log() { printf '[install-system-deps] %s\n' "$*" >&2; }
 
 # command -> Debian package
-declare -A NEED=([prometheus]=prometheus [openssl]=openssl)
+declare -A NEED=([prometheus]=prometheus [openssl]=openssl
+                 [buildah]=buildah [debootstrap]=debootstrap [containerd]=containerd [ctr]=containerd [runc]=runc)
+# debootstrap and runc live in /usr/sbin, which a non-root PATH may lack.
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
 missing=()
 for cmd in "${!NEED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+  have "$cmd" || [[ " ${missing[*]} " == *" ${NEED[$cmd]} "* ]] || missing+=("${NEED[$cmd]}")
 done
 if ((${#missing[@]} == 0)); then
   log "already installed: ${!NEED[*]}"
@@ -44,6 +49,6 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 for cmd in "${!NEED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || { log "ERROR: $cmd still missing after installing ${NEED[$cmd]}"; exit 1; }
+  have "$cmd" || { log "ERROR: $cmd still missing after installing ${NEED[$cmd]}"; exit 1; }
 done
 log "installed: $(prometheus --version 2>&1 | head -1)"
