@@ -15,6 +15,10 @@ What it starts (all on 127.0.0.1, free ports, one temporary directory):
 - kube-controller-manager (garbage collector, namespace deletion, service-account and
   token controllers, ...), leader election off.
 
+With `node=True` (`up --node`, what `make testenv-up` does) the API server binds to the real
+node's bridge address 198.18.0.1 instead of loopback, and kube-scheduler and one real node
+start (tests/support/node.py: containerd, kubelet, kube-proxy, CoreDNS), so pods run for real.
+
 Optionally (`ControlPlane.start_fake_nodes(n)`, `up --fake-nodes N`) kube-scheduler and kwok
 with n fake nodes, so pods are scheduled and turn Running although no container runs.
 
@@ -42,6 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python tests/support/controlplane.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support import node as real_node  # noqa: E402
 from tests.support import testenv  # noqa: E402
 from tests.support.testenv import MissingBinaryError, binary, free_ports, spawn, tail, terminate  # noqa: E402
 
@@ -120,6 +125,8 @@ class ControlPlane:
         die_with_parent: bool = True,
         keep_workdir: bool = False,
         extra_apiserver_args: list[str] | tuple[str, ...] = (),
+        node: bool = False,
+        node_timeout: float = 600.0,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scalable-testenv-"))
@@ -133,6 +140,10 @@ class ControlPlane:
         self.admin_token = ""
         self.startup_seconds: float | None = None
         self.fake_nodes: list[str] = []
+        self.with_node = node
+        self.node_timeout = node_timeout
+        self.node: real_node.Node | None = None
+        self.network_state: dict | None = None
 
     # -- paths ------------------------------------------------------------------------
     @property
@@ -152,6 +163,15 @@ class ControlPlane:
     def log_path(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
+    @property
+    def admin_token_file(self) -> Path:
+        """The admin's bearer token in a file (Prometheus' kubernetes_sd_configs reads it)."""
+        path = self.workdir / "admin.token"
+        if not path.exists():
+            path.write_text(self.admin_token)
+            path.chmod(0o600)
+        return path
+
     # -- lifecycle --------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> "ControlPlane":
         t0 = time.monotonic()
@@ -159,6 +179,12 @@ class ControlPlane:
             bins = {name: binary(name) for name in COMPONENTS}  # MissingBinaryError first
             if not shutil.which("openssl"):
                 raise MissingBinaryError("openssl is not on PATH; run `hack/install-system-deps.sh`")
+            if self.with_node:
+                bins |= {name: binary(name) for name in ("kube-scheduler", "kubelet", "kube-proxy")}
+                real_node.require_node_tools()
+                from tests.support.images import node_images
+
+                node_images(check_inputs=False)  # the node needs pause and coredns; tests check the rest
         except MissingBinaryError:
             self.stop()  # removes the (empty) directory it made
             raise
@@ -178,7 +204,12 @@ class ControlPlane:
         (wd / "logs").mkdir(parents=True, exist_ok=True)
         self.cert_dir.mkdir(parents=True, exist_ok=True)
         etcd_port, etcd_peer, api_port, kcm_port = free_ports(4)
-        self.server = f"https://127.0.0.1:{api_port}"
+        # With a real node, pods reach the API server (through the `kubernetes` Service) at
+        # the node's bridge address, so it listens there rather than on loopback.
+        address = real_node.NODE_IP if self.with_node else "127.0.0.1"
+        if self.with_node:
+            self.network_state = real_node.NodeNetwork().up(wd / "node-network").state
+        self.server = f"https://{address}:{api_port}"
 
         # Service-account signing key (also verifies tokens, and the controller manager
         # signs legacy token secrets with it).
@@ -191,9 +222,12 @@ class ControlPlane:
         self.admin_token = secrets.token_hex(16)
         kcm_token = secrets.token_hex(16)
         tokens = wd / "tokens.csv"
+        kubelet_token, proxy_token = real_node.node_tokens()
         tokens.write_text(
             f'{self.admin_token},admin,uid-admin,"system:masters"\n'
             f'{kcm_token},system:kube-controller-manager,uid-kcm,"system:masters"\n'
+            f'{kubelet_token},system:node:{real_node.NODE_NAME},uid-node,"system:nodes"\n'
+            f"{proxy_token},system:kube-proxy,uid-kube-proxy\n"
         )
         tokens.chmod(0o600)
 
@@ -214,25 +248,39 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
+        node_args: list[str] = []
+        if self.with_node:
+            client_ca, client_crt, client_key = real_node.kubelet_client_certificates(wd / "kubelet-client-pki")
+            node_args = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={client_crt}",
+                f"--kubelet-client-key={client_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            node_args = [
+                "--authorization-mode=RBAC",
+                # The `kubernetes` Service cannot point at a loopback address; no pod
+                # needs it here, so do not reconcile its endpoints (and log errors).
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             "kube-apiserver",
             [
                 str(bins["kube-apiserver"]),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={self.cert_dir}",
-                "--authorization-mode=RBAC",
                 f"--token-auth-file={tokens}",
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={real_node.SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # The `kubernetes` Service cannot point at a loopback address; no pod
-                # needs it here, so do not reconcile its endpoints (and log errors).
-                "--endpoint-reconciler-type=none",
+                *node_args,
                 "--profiling=false",
                 "--v=1",
                 *self.extra_apiserver_args,
@@ -269,6 +317,19 @@ class ControlPlane:
                 ],
             )
             self._wait_controller_manager(deadline)
+        if self.with_node:
+            self._start_scheduler()
+            self.node = real_node.Node(
+                wd / "node",
+                server=self.server,
+                ca_file=self.ca_file,
+                kubelet_token=kubelet_token,
+                proxy_token=proxy_token,
+                kubelet_client_ca=client_ca,
+                admin_kubeconfig=self.kubeconfig,
+                die_with_parent=self.die_with_parent,
+            )
+            self.node.start(time.monotonic() + self.node_timeout)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_path(name)
@@ -324,25 +385,10 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         names = [p.name for p in self.procs]
         try:
-            if "kube-scheduler" not in names:
+            if "kwok" not in names:
                 bins = {name: binary(name) for name in FAKE_NODE_COMPONENTS}
-                kubeconfig = self.workdir / "kube-controller-manager.kubeconfig"
-                if not kubeconfig.exists():
-                    raise ControlPlaneError("start the control plane (with the controller manager) first")
-                sched_port, kwok_port = free_ports(2)
-                self._spawn(
-                    "kube-scheduler",
-                    [
-                        str(bins["kube-scheduler"]),
-                        f"--kubeconfig={kubeconfig}",
-                        f"--authentication-kubeconfig={kubeconfig}",
-                        f"--authorization-kubeconfig={kubeconfig}",
-                        "--bind-address=127.0.0.1",
-                        f"--secure-port={sched_port}",
-                        "--leader-elect=false",
-                        "--v=1",
-                    ],
-                )
+                kubeconfig = self._start_scheduler()
+                (kwok_port,) = free_ports(1)
                 key, value = KWOK_NODE_ANNOTATION
                 self._spawn(
                     "kwok",
@@ -352,8 +398,9 @@ class ControlPlane:
                         "--manage-all-nodes=false",
                         f"--manage-nodes-with-annotation-selector={key}={value}",
                         f"--server-address=127.0.0.1:{kwok_port}",
-                        "--cidr=10.244.0.0/16",
-                        "--node-ip=10.244.0.1",
+                        # Addresses kwok only writes into pod status; nothing routes to them.
+                        "--cidr=198.18.128.0/17",
+                        "--node-ip=198.18.128.1",
                         "-v=WARN",
                     ],
                 )
@@ -368,6 +415,29 @@ class ControlPlane:
             raise
         except Exception as exc:
             raise ControlPlaneError(f"fake nodes did not come up: {exc}\n{self.logs()}") from exc
+
+    def _start_scheduler(self) -> Path:
+        """kube-scheduler (once), under the controller manager's credentials; returns that
+        kubeconfig."""
+        kubeconfig = self.workdir / "kube-controller-manager.kubeconfig"
+        if not kubeconfig.exists():
+            raise ControlPlaneError("start the control plane (with the controller manager) first")
+        if "kube-scheduler" not in [p.name for p in self.procs]:
+            (sched_port,) = free_ports(1)
+            self._spawn(
+                "kube-scheduler",
+                [
+                    str(binary("kube-scheduler")),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={sched_port}",
+                    "--leader-elect=false",
+                    "--v=1",
+                ],
+            )
+        return kubeconfig
 
     def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -419,13 +489,22 @@ class ControlPlane:
             time.sleep(0.2)
         raise ControlPlaneError(f"node {name} not Ready in time (kwok manages it)")
 
-    def stop(self) -> None:
-        """Stop every component (controller manager first), remove the directory."""
+    def stop(self) -> list[str]:
+        """Stop the node (if any), then every component (controller manager first), take the
+        node's network away, remove the directory. Returns what the node could not remove."""
+        problems: list[str] = []
+        if self.node is not None:
+            problems += self.node.stop()
+            self.node = None
         for p in reversed(self.procs):
             terminate(p.pid, timeout=10.0, proc=p.popen)
         self.procs.clear()
+        if self.network_state is not None:
+            problems += real_node.NodeNetwork.down(self.network_state)
+            self.network_state = None
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        return problems
 
     def logs(self, lines: int = 40) -> str:
         """The last lines of each component's log, headed by its name."""
@@ -434,6 +513,9 @@ class ControlPlane:
             path = self.log_path(name)
             if path.exists():
                 out.append(f"----- last {lines} lines of {name} ({path}) -----\n{tail(path, lines)}")
+        node_logs = real_node.Node.logs_in(self.workdir / "node", lines)
+        if node_logs:
+            out.append(node_logs)
         return "\n".join(out) or "(no component logs)"
 
     def __enter__(self) -> "ControlPlane":
@@ -450,6 +532,8 @@ class ControlPlane:
             "kubeconfig": str(self.kubeconfig),
             "procs": [{"name": p.name, "pid": p.pid, "log": p.log} for p in self.procs],
             "fake_nodes": self.fake_nodes,
+            "node": self.node.state() if self.node else None,
+            "network": self.network_state,
         }
 
 
@@ -486,6 +570,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         Path(tempfile.mkdtemp(prefix="scalable-testenv-up-")),
         controller_manager=not args.no_controller_manager,
         die_with_parent=False,
+        node=args.node,
     )
     cp._own_workdir = True
     try:
@@ -496,7 +581,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cp.stop()
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    except ControlPlaneError as e:
+    except (ControlPlaneError, real_node.NodeError) as e:
         cp.stop()
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
@@ -507,6 +592,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = cp.state() | {"stable_kubeconfig": str(stable), "startup_seconds": cp.startup_seconds}
     state_file.write_text(json.dumps(state, indent=2) + "\n")
     print(f"control plane ready at {cp.server} in {cp.startup_seconds:.1f} s", file=sys.stderr)
+    if cp.node is not None:
+        print(f"node {real_node.NODE_NAME} Ready with CoreDNS in {cp.node.startup_seconds:.1f} s", file=sys.stderr)
     print(f"logs: {cp.workdir / 'logs'}", file=sys.stderr)
     print(f"kubeconfig: {stable}", file=sys.stderr)
     print(f"export KUBECONFIG={stable}")
@@ -519,13 +606,22 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("no control plane started by `make testenv-up` is recorded; nothing to stop", file=sys.stderr)
         return 0
     state = json.loads(state_file.read_text())
+    problems: list[str] = []
+    if state.get("node"):
+        print(f"stopping node {real_node.NODE_NAME}", file=sys.stderr)
+        problems += real_node.shutdown(state["node"])
     for p in reversed(state["procs"]):
         if _ours(p["pid"], state["workdir"]):
             print(f"stopping {p['name']} (pid {p['pid']})", file=sys.stderr)
             terminate(p["pid"], timeout=10.0)
+    if state.get("network"):
+        problems += real_node.NodeNetwork.down(state["network"])
     shutil.rmtree(state["workdir"], ignore_errors=True)
     Path(state.get("stable_kubeconfig", _run_dir() / "kubeconfig")).unlink(missing_ok=True)
     state_file.unlink(missing_ok=True)
+    if problems:
+        print("left behind:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     print("control plane stopped and its data removed", file=sys.stderr)
     return 0
 
@@ -547,6 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start etcd, kube-apiserver, kube-controller-manager; print the kubeconfig")
     up.add_argument("--timeout", type=float, default=90.0)
     up.add_argument("--no-controller-manager", action="store_true")
+    up.add_argument(
+        "--node", action="store_true",
+        help="also start one real node (containerd, kubelet, kube-proxy, CoreDNS), so pods really run",
+    )
     up.add_argument(
         "--fake-nodes", type=int, default=0, metavar="N",
         help="also start kube-scheduler and kwok with N fake nodes, so pods turn Running",

@@ -3,6 +3,10 @@
 Control plane (session-scoped, started once, only when a test asks for it):
 - `kube_cluster`     the running cluster: `.kubeconfig` (Path), `.server`, `.local` (True for the
                      local control plane), `.logs()`; CRDs installed (dask-kubernetes' and ours).
+                     When the session holds e2e tests (marker `node`, given to every test under
+                     tests/e2e) the local control plane starts with one real node
+                     (tests/support/node.py: containerd, kubelet, kube-proxy, CoreDNS), so pods
+                     really run; `.node` is that Node.
 - `kubeconfig`       str path of an admin kubeconfig; also exported as KUBECONFIG for the session.
 - `helm_binary`      Path of the pinned helm.
 - `fake_nodes`       names of nodes pods can run on: on the local control plane, kube-scheduler
@@ -67,6 +71,20 @@ class KubeCluster:
     control_plane: ControlPlane | None = field(default=None, repr=False)
     crds: list[str] = field(default_factory=list)
 
+    @property
+    def node(self):
+        return self.control_plane.node if self.control_plane else None
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.control_plane is not None, "only the local control plane has a CA file here"
+        return self.control_plane.ca_file
+
+    @property
+    def admin_token_file(self) -> Path:
+        assert self.control_plane is not None, "only the local control plane has a token file here"
+        return self.control_plane.admin_token_file
+
     def logs(self, lines: int = 40) -> str:
         return self.control_plane.logs(lines) if self.control_plane else "(external cluster: no local logs)"
 
@@ -79,6 +97,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tier in ("integration", "e2e"):
             if (TESTS_DIR / tier) in path.parents:
                 item.add_marker(getattr(pytest.mark, tier))
+        if (TESTS_DIR / "e2e") in path.parents:
+            item.add_marker(pytest.mark.node)
+
+
+def _session_needs_node(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("node") for item in session.items)
 
 
 def _fail(msg: str) -> None:
@@ -86,7 +110,7 @@ def _fail(msg: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[KubeCluster]:
+def kube_cluster(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
     external = os.environ.get(EXTERNAL_KUBECONFIG_ENV)
     cp: ControlPlane | None = None
     if external:
@@ -95,7 +119,7 @@ def kube_cluster() -> Iterator[KubeCluster]:
             _fail(f"{EXTERNAL_KUBECONFIG_ENV}={external}: no such kubeconfig file")
         cluster = KubeCluster(kubeconfig=path, local=False)
     else:
-        cp = ControlPlane()
+        cp = ControlPlane(node=_session_needs_node(request.session))
         try:
             cp.start()
         except MissingBinaryError as e:
@@ -103,6 +127,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
         except ControlPlaneError as e:
             _fail(str(e))
         print(f"\n[testenv] control plane up at {cp.server} in {cp.startup_seconds:.1f} s ({cp.workdir})")
+        if cp.node is not None:
+            print(f"[testenv] node Ready with CoreDNS in {cp.node.startup_seconds:.1f} s")
         cluster = KubeCluster(kubeconfig=cp.kubeconfig, server=cp.server, control_plane=cp)
     try:
         files = dask_kubernetes_crd_files() + repo_crd_files()
@@ -121,7 +147,9 @@ def kube_cluster() -> Iterator[KubeCluster]:
                 os.environ["KUBECONFIG"] = old
     finally:
         if cp is not None:
-            cp.stop()
+            left = cp.stop()
+            if left:
+                _fail("the node left things behind: " + "; ".join(left))
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +174,34 @@ def fake_nodes(kube_cluster: KubeCluster) -> list[str]:
     except ControlPlaneError as e:
         _fail(str(e))
     raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def node_images() -> dict:
+    """The images the real node runs (built by `make images`), by name: pause, coredns,
+    operator, dask, dask-kubernetes."""
+    from tests.support.images import node_images as images
+
+    try:
+        return images()
+    except MissingBinaryError as e:
+        _fail(str(e))
+        raise
+
+
+@pytest.fixture(scope="session")
+def dask_kubernetes_controller(kube_cluster: KubeCluster, helm_binary: Path, node_images: dict) -> str:
+    """dask-kubernetes' own controller, Helm-installed from its wheel's chart on the real node;
+    returns its namespace."""
+    from tests.support.dask_kubernetes import CONTROLLER_NAMESPACE, install_controller
+
+    if kube_cluster.node is None and kube_cluster.local:
+        _fail("dask-kubernetes' controller needs the real node: run the test under tests/e2e (marker `node`)")
+    try:
+        install_controller(kube_cluster.kubeconfig, node_images["dask-kubernetes"])
+    except RuntimeError as e:
+        _fail(f"helm install of dask-kubernetes' controller failed: {e}\n{kube_cluster.logs()}")
+    return CONTROLLER_NAMESPACE
 
 
 @pytest.fixture(scope="session")

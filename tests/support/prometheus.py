@@ -5,7 +5,14 @@
     prom.wait_for('dask_scheduler_workers{state="idle"}', lambda v: v >= 2)
     prom.query("sum(dask_scheduler_tasks)")                   # instant-query result list
     prom.url                                                  # http://127.0.0.1:<port>
+    prom.discover_pods(api_server, token_file, ca_file)       # kubernetes_sd_configs, role pod
     prom.stop()
+
+`discover_pods` is how clusters really find Dask schedulers and workers: Prometheus lists and
+watches pods through the API server and scrapes those annotated `prometheus.io/scrape: "true"`
+on `prometheus.io/port` and `prometheus.io/path`, labelling each series with `namespace`, `pod`
+and `cluster` (the pod's `dask.org/cluster-name` label), the labels the operator's default
+PromQL filters on.
 
 Storage is a temporary directory, removed by stop().
 """
@@ -46,6 +53,7 @@ class PrometheusServer:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scalable-prometheus-"))
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self.kubernetes_sd: list[dict] = []
 
     @property
     def url(self) -> str:
@@ -69,8 +77,38 @@ class PrometheusServer:
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": targets}]}
                 for job, targets in sorted(self.targets.items())
-            ],
+            ] + self.kubernetes_sd,
         }
+
+    def discover_pods(self, api_server: str, token_file: Path, ca_file: Path, *, job: str = "kubernetes-pods",
+                      namespaces: list[str] | None = None) -> None:
+        """Scrape annotated pods found through the API server (kubernetes_sd_configs, role
+        pod), with the relabelling clusters use; reloads the server."""
+        sd: dict = {
+            "role": "pod",
+            "api_server": api_server,
+            "authorization": {"credentials_file": str(token_file)},
+            "tls_config": {"ca_file": str(ca_file)},
+        }
+        if namespaces:
+            sd["namespaces"] = {"names": namespaces}
+        annotation = "__meta_kubernetes_pod_annotation_prometheus_io_"
+        self.kubernetes_sd = [c for c in self.kubernetes_sd if c["job_name"] != job] + [{
+            "job_name": job,
+            "kubernetes_sd_configs": [sd],
+            "relabel_configs": [
+                {"source_labels": [annotation + "scrape"], "regex": "true", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+                {"source_labels": [annotation + "path"], "regex": "(.+)", "target_label": "__metrics_path__"},
+                {"source_labels": ["__meta_kubernetes_pod_ip", annotation + "port"], "regex": "(.+);(.+)",
+                 "replacement": "$1:$2", "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": ["__meta_kubernetes_pod_label_dask_org_cluster_name"], "target_label": "cluster"},
+                {"source_labels": ["__meta_kubernetes_pod_label_dask_org_component"], "target_label": "component"},
+            ],
+        }]
+        self.reload()
 
     def _write_config(self) -> None:
         tmp = self.config_path.with_suffix(".tmp")

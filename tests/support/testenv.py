@@ -49,7 +49,7 @@ def testenv_dir() -> Path:
 
 def binary(name: str) -> Path:
     """Path of a pinned binary (kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
-    helm, kwok).
+    helm, kwok, and the node's kubelet, kube-proxy and coredns).
 
     Raises MissingBinaryError naming `make testenv` when it has not been built.
     """
@@ -58,6 +58,9 @@ def binary(name: str) -> Path:
         "kube-apiserver": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-controller-manager": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-scheduler": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kubelet": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kube-proxy": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "coredns": f"coredns-{v['COREDNS_VERSION']}",
         "etcd": f"etcd-{v['ETCD_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
         "kwok": f"kwok-{v['KWOK_VERSION']}",
