@@ -19,7 +19,8 @@
 # ~/.cache/scalable-testenv):
 #   images/<name>-<hash12>.tar     one OCI archive per node image
 #   images/current.json            {"<name>": {"ref", "archive", "inputs", "bytes"}}
-#   images/python-rootfs-<hash12>.tar, images/work/   the debootstrap rootfs and its debs
+#   images/python-rootfs-<hash12>.tar   the debootstrap rootfs (keyed by its package list and recipe)
+#   images/work/                   build logs, debootstrap's downloaded .debs
 #   containers/storage             buildah's image store (runroot /run/scalable-buildah)
 # Import an archive into the node's containerd:
 #   ctr --address <sock> -n k8s.io images import <archive>    (names it by the full ref)
@@ -61,11 +62,11 @@ need() {  # need CMD DEBIAN-PACKAGE [WHY]
 # ---------------------------------------------------------------------------------------
 storage_driver() {
   # The store keeps the driver it was created with; a new one uses overlay when the kernel
-  # has it (root on ext4/xfs here), else vfs (slow and large, but works anywhere).
+  # has it (as root on ext4/xfs), else vfs (slower and larger, but works anywhere).
   local f="$TESTENV_DIR/containers/driver"
   if [[ ! -s $f ]]; then
     mkdir -p "$TESTENV_DIR/containers"
-    if grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null; then echo overlay >"$f"; else echo vfs >"$f"; fi
+    if grep -qw overlay /proc/filesystems; then echo overlay >"$f"; else echo vfs >"$f"; fi
   fi
   cat "$f"
 }
@@ -102,7 +103,7 @@ plan() {
 # ---------------------------------------------------------------------------------------
 build_pause() {
   local t0=$SECONDS bin="$IMAGES_DIR/work/pause-${DIGEST[pause]:0:12}"
-  need go golang-go "builds the pause program (Go >= $GO_MIN_VERSION; /usr/local/go/bin is searched too)"
+  command -v go >/dev/null || die "go is not on PATH (builds the pause program): install Go >= $GO_MIN_VERSION from go.dev (Debian's golang-go is too old); /usr/local/go/bin is searched too"
   log "pause: go build hack/tools/pause"
   mkdir -p "$bin"
   (cd hack/tools/pause && nice -n 10 go build -mod=readonly -trimpath \
@@ -115,16 +116,17 @@ build_pause() {
 }
 
 build_coredns() {
-  local t0=$SECONDS
-  log "coredns: packing $(dirname "$("${TOOL[@]}" coredns-binary)")/coredns"
+  local t0=$SECONDS bin
+  bin="$("${TOOL[@]}" coredns-binary)" || die "no CoreDNS binary (above)"
+  log "coredns: packing $bin"
   "${TOOL[@]}" oci-archive --out "${ARCHIVE[coredns]}" --ref "${REF[coredns]}" \
-    --file "/coredns=$("${TOOL[@]}" coredns-binary):0755" --entrypoint /coredns --user 65532:65532 \
+    --file "/coredns=$bin:0755" --entrypoint /coredns --user 65532:65532 \
     --expose 53/udp --expose 53/tcp --expose 9153/tcp >/dev/null
   SECS[coredns]=$((SECONDS - t0))
 }
 
 # ---------------------------------------------------------------------------------------
-# the Python base: debootstrap rootfs (cached by the hash of python-base.sh), one buildah image
+# the Python base: a debootstrap rootfs (cached, see rootfs_key), one buildah image
 # ---------------------------------------------------------------------------------------
 # shellcheck source=images/python-base.sh
 source hack/images/python-base.sh
@@ -135,9 +137,17 @@ unmount_under() {  # unmount whatever is mounted below $1 (deepest first)
     < <(awk -v p="$1/" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r)
 }
 
+# The rootfs is keyed by what decides its contents only: the suite, mirror, variant, package
+# list and the rootfs recipe (bash's normalized text of it, so comments do not count); a
+# change to the image config alone reuses it.
+rootfs_key() {
+  { declare -p PYTHON_BASE_SUITE PYTHON_BASE_MIRROR PYTHON_BASE_VARIANT PYTHON_BASE_PACKAGES
+    declare -f python_base_rootfs; } | sha256sum | cut -c1-12
+}
+
 ensure_python_base() {
   have_image "${REF[python]}" && return
-  local rootfs="$IMAGES_DIR/python-rootfs-${DIGEST[python]:0:12}.tar" work="$IMAGES_DIR/work/python-base" t0
+  local rootfs="$IMAGES_DIR/python-rootfs-$(rootfs_key).tar" work="$IMAGES_DIR/work/python-base" t0
   if [[ ! -f $rootfs ]]; then
     need debootstrap debootstrap "builds the Python base from Debian's packages"
     need chroot coreutils
@@ -181,8 +191,9 @@ bud() {  # bud NAME DOCKERFILE CONTEXT BUILD-ARG...
   for a in "$@"; do args+=(--build-arg "$a"); done
   [[ -f $CA_BUNDLE ]] && vols+=(-v "$CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro")
   log "$name: buildah bud -f ${file#"$ROOT"/} ($ISOLATION isolation) -> ${REF[$name]}"
-  nice -n 5 "${BUILDAH[@]}" bud --quiet --pull=never --isolation "$ISOLATION" --format oci \
-    --layers=false "${vols[@]}" "${args[@]}" -f "$file" -t "${REF[$name]}" "$context" \
+  # --force-rm: a failed build leaves no container (nor its mount) behind.
+  nice -n 5 "${BUILDAH[@]}" bud --pull=never --isolation "$ISOLATION" --format oci \
+    --layers=false --force-rm "${vols[@]}" "${args[@]}" -f "$file" -t "${REF[$name]}" "$context" \
     >"$IMAGES_DIR/work/$name.build.log" 2>&1 \
     || { tail -n 40 "$IMAGES_DIR/work/$name.build.log" >&2; die "$name: buildah bud failed (whole log: $IMAGES_DIR/work/$name.build.log)"; }
 }
@@ -254,7 +265,7 @@ prune() {
     done
   done
   for f in "$IMAGES_DIR"/python-rootfs-*.tar; do
-    [[ -e $f && $f != "$IMAGES_DIR/python-rootfs-${DIGEST[python]:0:12}.tar" ]] || continue
+    [[ -e $f && $f != "$IMAGES_DIR/python-rootfs-$(rootfs_key).tar" ]] || continue
     log "removing the superseded $f"; rm -f "$f"
   done
   [[ ${#BUILDAH[@]} -gt 0 ]] || return 0

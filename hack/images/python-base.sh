@@ -54,14 +54,16 @@ python_base_rootfs() {
 python_base_image() {
   local rootfs="$1" ref="$2" ctr
   ctr="$("${BUILDAH[@]}" from --name "scalable-python-base-$$" scratch)"
-  # shellcheck disable=SC2064
-  trap "\"\${BUILDAH[@]}\" rm '$ctr' >/dev/null 2>&1 || true" RETURN
   # A local tar given to `buildah add` is extracted as it is (owners and modes kept).
-  "${BUILDAH[@]}" add "$ctr" "$rootfs" / >/dev/null
-  "${BUILDAH[@]}" config --os linux --arch "$(dpkg --print-architecture)" \
-    --env "PATH=$PYTHON_BASE_PATH" --env LANG=C.UTF-8 \
-    --cmd '["python3"]' --workingdir / \
-    --label "org.opencontainers.image.description=Debian $PYTHON_BASE_SUITE ($PYTHON_BASE_VARIANT) with ${PYTHON_BASE_PACKAGES[*]}" \
-    "$ctr"
-  "${BUILDAH[@]}" commit --quiet "$ctr" "$ref" >/dev/null
+  if ! { "${BUILDAH[@]}" add "$ctr" "$rootfs" / >/dev/null \
+         && "${BUILDAH[@]}" config --os linux --arch "$(dpkg --print-architecture)" \
+              --env "PATH=$PYTHON_BASE_PATH" --env LANG=C.UTF-8 \
+              --cmd '["python3"]' --workingdir / \
+              --label "org.opencontainers.image.description=Debian $PYTHON_BASE_SUITE ($PYTHON_BASE_VARIANT) with ${PYTHON_BASE_PACKAGES[*]}" \
+              "$ctr" \
+         && "${BUILDAH[@]}" commit --quiet "$ctr" "$ref" >/dev/null; }; then
+    "${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true
+    return 1
+  fi
+  "${BUILDAH[@]}" rm "$ctr" >/dev/null
 }
