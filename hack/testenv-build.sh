@@ -11,7 +11,7 @@
 # Versions live in hack/versions.env. Binaries go to $SCALABLE_TESTENV_DIR (default
 # ~/.cache/scalable-testenv), one directory per component and version, e.g.
 #   kubernetes-v1.34.4/kube-apiserver, etcd-v3.6.16/etcd, helm-v3.19.5/helm, kwok-v0.7.0/kwok,
-#   coredns-v1.12.1/coredns
+#   coredns-v1.12.1/coredns, prometheus-v0.310.0/prometheus
 # and are rebuilt only when a version (or the wrapper module's go.sum) changes.
 # $SCALABLE_TESTENV_DIR/bin holds symlinks to the current ones (put it on PATH for helm).
 # Nothing built goes into the repository.
@@ -93,6 +93,7 @@ do_sync() {
   sync_simple helm helm.sh/helm/v3 "$HELM_VERSION"
   sync_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION"
   sync_simple coredns github.com/coredns/coredns "$COREDNS_VERSION"
+  sync_simple prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
   log "done; review and commit hack/tools/*/go.mod hack/tools/*/go.sum"
 }
 
@@ -177,6 +178,19 @@ build_coredns() {
   build_into "$out" coredns "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" github.com/coredns/coredns
 }
 
+build_prometheus() {
+  local out="$TESTENV_DIR/prometheus-$PROMETHEUS_VERSION"
+  require_synced prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
+  if up_to_date "$out" prometheus prometheus; then log "prometheus $PROMETHEUS_VERSION: cached in $out"; return; fi
+  # v0.3MM.P of the module is Prometheus 3.MM.P.
+  local minor="${PROMETHEUS_VERSION#v0.3}" semver
+  semver="3.$((10#${minor%%.*})).${minor#*.}"
+  local f="-s -w -X github.com/prometheus/common/version.Version=$semver -X github.com/prometheus/common/version.Branch=module-proxy"
+  # Only Kubernetes service discovery (static and file targets are built in).
+  GOFLAGS="$GOFLAGS -tags=remove_all_sd,enable_kubernetes_sd" \
+    build_into "$out" prometheus "$f" github.com/prometheus/prometheus/cmd/prometheus
+}
+
 link_current() {
   mkdir -p "$TESTENV_DIR/bin"
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$TESTENV_DIR/bin/kube-apiserver"
@@ -188,6 +202,7 @@ link_current() {
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kubelet" "$TESTENV_DIR/bin/kubelet"
   ln -sfn "../kubernetes-$KUBERNETES_VERSION/kube-proxy" "$TESTENV_DIR/bin/kube-proxy"
   ln -sfn "../coredns-$COREDNS_VERSION/coredns" "$TESTENV_DIR/bin/coredns"
+  ln -sfn "../prometheus-$PROMETHEUS_VERSION/prometheus" "$TESTENV_DIR/bin/prometheus-kubernetes-sd"
 }
 
 case "${1:-build}" in
@@ -201,6 +216,7 @@ case "${1:-build}" in
     build_helm
     build_kwok
     build_coredns
+    build_prometheus
     build_kube
     link_current
     log "all binaries ready in $TESTENV_DIR/bin ($((SECONDS - start)) s)"

@@ -22,6 +22,11 @@ function loop scope; a test marked asyncio(loop_scope="session") cannot use them
 e2e (function-scoped):
 - `prometheus`       a started PrometheusServer (scrape interval 1 s, no targets yet):
                      `prometheus.add_target("dask", dask_cluster.scheduler_metrics)`.
+- `pod_prometheus`   a started Prometheus that discovers the annotated pods of the test's
+                     namespace through the API server (kubernetes_sd_configs), labels
+                     namespace, pod, cluster, component.
+- `node_images`      (session) the locally built images of the real node, by name.
+- `dask_kubernetes_controller`  (session) dask-kubernetes' own controller, Helm-installed.
 - `dask_cluster`     a started DaskProcesses: a scheduler and 2 workers with /metrics.
 - `dask_cluster_factory`  `dask_cluster_factory(n_workers=3, nthreads=2)` for other shapes.
 
@@ -268,6 +273,24 @@ def prometheus() -> Iterator[PrometheusServer]:
         server.start()
     except MissingBinaryError as e:
         _fail(f"the e2e tests need Prometheus: {e}")
+    except PrometheusError as e:
+        _fail(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pod_prometheus(kube_cluster: KubeCluster, namespace: str) -> Iterator[PrometheusServer]:
+    """A started upstream Prometheus (scrape interval 1 s) that finds the annotated pods of the
+    test's namespace through the API server, as clusters do (kubernetes_sd_configs)."""
+    server = PrometheusServer(scrape_interval="1s")
+    server.discover_pods(kube_cluster.server, kube_cluster.admin_token_file, kube_cluster.ca_file, namespaces=[namespace])
+    try:
+        server.start()
+    except MissingBinaryError as e:
+        _fail(f"the e2e tests need Prometheus with Kubernetes discovery: {e}")
     except PrometheusError as e:
         _fail(str(e))
     try:

@@ -8,7 +8,7 @@
     prom.discover_pods(api_server, token_file, ca_file)       # kubernetes_sd_configs, role pod
     prom.stop()
 
-`discover_pods` is how clusters really find Dask schedulers and workers: Prometheus lists and
+`discover_pods` (call it before `start()`) is how clusters really find Dask schedulers and workers: Prometheus lists and
 watches pods through the API server and scrapes those annotated `prometheus.io/scrape: "true"`
 on `prometheus.io/port` and `prometheus.io/path`, labelling each series with `namespace`, `pod`
 and `cluster` (the pod's `dask.org/cluster-name` label), the labels the operator's default
@@ -32,7 +32,7 @@ from typing import Callable
 
 import yaml
 
-from tests.support.testenv import free_port, prometheus_binary, spawn, tail, terminate
+from tests.support.testenv import binary, free_port, prometheus_binary, spawn, tail, terminate
 
 
 class PrometheusError(RuntimeError):
@@ -83,7 +83,10 @@ class PrometheusServer:
     def discover_pods(self, api_server: str, token_file: Path, ca_file: Path, *, job: str = "kubernetes-pods",
                       namespaces: list[str] | None = None) -> None:
         """Scrape annotated pods found through the API server (kubernetes_sd_configs, role
-        pod), with the relabelling clusters use; reloads the server."""
+        pod), with the relabelling clusters use. Call before `start()`: only the upstream
+        build has Kubernetes discovery, so the server's binary depends on it."""
+        if self.proc is not None and not self.kubernetes_sd:
+            raise PrometheusError("discover_pods() must come before start(): Debian's prometheus has no kubernetes_sd_configs")
         sd: dict = {
             "role": "pod",
             "api_server": api_server,
@@ -116,7 +119,9 @@ class PrometheusServer:
         tmp.replace(self.config_path)
 
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
-        exe = prometheus_binary()  # MissingBinaryError naming hack/install-system-deps.sh
+        # Debian's build has no Kubernetes service discovery; `make testenv` builds upstream's
+        # with it. MissingBinaryError names the install script or the make target.
+        exe = binary("prometheus-kubernetes-sd") if self.kubernetes_sd else prometheus_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.port = free_port()

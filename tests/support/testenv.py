@@ -49,7 +49,8 @@ def testenv_dir() -> Path:
 
 def binary(name: str) -> Path:
     """Path of a pinned binary (kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
-    helm, kwok, and the node's kubelet, kube-proxy and coredns).
+    helm, kwok, the node's kubelet, kube-proxy and coredns, and prometheus-kubernetes-sd: the
+    upstream Prometheus built with Kubernetes service discovery, which Debian's lacks).
 
     Raises MissingBinaryError naming `make testenv` when it has not been built.
     """
