@@ -65,10 +65,12 @@ def binary(name: str) -> Path:
         "etcd": f"etcd-{v['ETCD_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
         "kwok": f"kwok-{v['KWOK_VERSION']}",
+        "prometheus-kubernetes-sd": f"prometheus-{v['PROMETHEUS_VERSION']}",
     }
+    filename = {"prometheus-kubernetes-sd": "prometheus"}.get(name, name)
     if name not in where:
         raise KeyError(f"unknown testenv binary {name!r}; known: {sorted(where)}")
-    path = testenv_dir() / where[name] / name
+    path = testenv_dir() / where[name] / filename
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise MissingBinaryError(f"{name} is missing: expected {path}; {BUILD_HINT}")
     return path
