@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
 export SCALABLE_TESTENV_DIR ?= $(HOME)/.cache/scalable-testenv
 
-.PHONY: help install test test-unit test-integration test-e2e lint crds schemas bench \
+.PHONY: help install test test-unit test-integration test-e2e test-demo lint crds schemas bench \
 	      testenv testenv-up testenv-down images demo setup clean \
 	      chart-crds chart-docs crd-docs manifests image kind-up kind-load deploy-kind e2e-kind kind-down
 
@@ -14,7 +14,7 @@ help: ## list the targets
 install: ## install the package with its test dependencies (editable)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-test: setup lint test-unit test-integration test-e2e ## on a fresh machine: set up, then run every tier (lint, unit, integration, e2e)
+test: setup lint test-unit test-integration test-e2e test-demo ## on a fresh machine: set up, then run every tier (lint, unit, integration, e2e, demo)
 
 setup: install testenv ## everything the tests and the demo need: system packages, Python packages, pinned binaries
 	hack/install-system-deps.sh
@@ -25,8 +25,11 @@ test-unit: ## pure-Python unit tests (seconds)
 test-integration: testenv ## tests against a real kube-apiserver and etcd
 	$(PYTEST) tests/integration -q
 
-test-e2e: testenv ## integration plus real Prometheus and real Dask
+test-e2e: testenv images ## on the real node: dask-kubernetes' controller, real pods, Prometheus, the operator in-process and Helm-installed
 	$(PYTEST) tests/e2e -q
+
+test-demo: testenv images ## hack/demo.py end to end on the real node (its own pytest session: one node per machine)
+	$(PYTEST) tests/demo -q
 
 lint: ## layer contracts (import-linter) and generated files up to date
 	lint-imports
@@ -48,7 +51,7 @@ testenv: ## build (or reuse) the pinned control-plane binaries outside the repo
 images: ## build (or reuse) the test node's container images as OCI archives outside the repo (no registry)
 	PYTHON=$(PYTHON) hack/images-build.sh
 
-testenv-up: testenv ## start etcd, kube-apiserver and kube-controller-manager on loopback
+testenv-up: testenv images ## start the control plane and one real node (kubelet, containerd, kube-proxy, CoreDNS)
 	hack/testenv-up.sh
 
 testenv-down: ## stop the local control plane and remove its data
@@ -109,7 +112,7 @@ deploy-kind: kind-up kind-load ## Helm-install the dask-kubernetes operator, Pro
 e2e-kind: testenv deploy-kind ## run the integration and e2e suites against the kind cluster
 	SCALABLE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(PYTEST) tests/integration tests/e2e -q
 
-demo: setup ## on a fresh machine: control plane, Prometheus, Dask, the operator, a sample workflow; plot in _output/demo
+demo: setup images ## on a fresh machine: control plane and a real node, dask-kubernetes, Prometheus, the operator, a sample workflow; plot in _output/demo
 	$(PYTHON) hack/demo.py
 
 kind-down: ## delete the kind cluster

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test tiers need, from Debian: prometheus (the e2e tier scrapes a real
 # Dask scheduler with it); buildah and debootstrap (hack/images-build.sh builds the test
-# node's images with them), containerd and runc (the node, and `hack/images-build.sh verify`).
+# node's images with them), containerd, runc, the CNI plugins, iptables, iproute2 and conntrack
+# (the real node of tests/support/node.py, and `hack/images-build.sh verify`).
 # Idempotent and quick when everything is already there; never fails because apt has already
 # run. Runs as root (CI and the dev machines) or via sudo.
 set -euo pipefail
@@ -10,9 +11,11 @@ log() { printf '[install-system-deps] %s\n' "$*" >&2; }
 
 # command -> Debian package
 declare -A NEED=([prometheus]=prometheus [openssl]=openssl
-                 [buildah]=buildah [debootstrap]=debootstrap [containerd]=containerd [ctr]=containerd [runc]=runc)
+                 [buildah]=buildah [debootstrap]=debootstrap [containerd]=containerd [ctr]=containerd [runc]=runc
+                 [containerd-shim-runc-v2]=containerd [iptables]=iptables [iptables-save]=iptables
+                 [ip]=iproute2 [conntrack]=conntrack [/usr/lib/cni/bridge]=containernetworking-plugins)
 # debootstrap and runc live in /usr/sbin, which a non-root PATH may lack.
-have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+have() { [[ $1 == /* ]] && { [[ -x $1 ]]; return; }; command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
 missing=()
 for cmd in "${!NEED[@]}"; do
   have "$cmd" || [[ " ${missing[*]} " == *" ${NEED[$cmd]} "* ]] || missing+=("${NEED[$cmd]}")

@@ -139,12 +139,33 @@ class NodeNetwork:
 
     state: dict = field(default_factory=dict)
 
-    def up(self, workdir: Path) -> "NodeNetwork":
+    def up(self, workdir: Path, *, wait: float | None = None) -> "NodeNetwork":
+        """Create the bridge (the machine-wide claim on the node's addresses: only one node
+        can run at a time), then the rules around it. With another node running it waits up
+        to `wait` seconds (default $SCALABLE_NODE_WAIT, else 0) for it to go away."""
         require_node_tools()
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            raise NodeError(
-                f"bridge {BRIDGE} already exists: another node is running here (stop it with `make testenv-down`)"
-            )
+        wait = float(os.environ.get("SCALABLE_NODE_WAIT", "0")) if wait is None else wait
+        deadline = time.monotonic() + wait
+        while True:
+            created = _run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False)
+            if created.returncode == 0:
+                break
+            if not Path(f"/sys/class/net/{BRIDGE}").exists():
+                raise NodeError(f"ip link add {BRIDGE} type bridge: {created.stderr.strip()}")
+            if time.monotonic() >= deadline:
+                raise NodeError(
+                    f"bridge {BRIDGE} already exists: another node is running here (stop it with "
+                    "`make testenv-down`, or set SCALABLE_NODE_WAIT=<seconds> to wait for it)"
+                )
+            time.sleep(2)
+        try:
+            self._configure(workdir)
+        except BaseException:
+            NodeNetwork.down(self.state)
+            raise
+        return self
+
+    def _configure(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         saved = workdir / "iptables.before"
         saved.write_text(_run(["iptables-save"]).stdout)
@@ -152,7 +173,6 @@ class NodeNetwork:
             "iptables_before": str(saved),
             "sysctls_before": {k: _read_sysctl(k) for k in (*SYSCTLS, *KUBELET_SYSCTLS)},
         }
-        _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "up"])
         # Service addresses go to the bridge even before kube-proxy has its rules, never to
@@ -167,7 +187,6 @@ class NodeNetwork:
             ["!", "-i", BRIDGE, "-o", BRIDGE],
         ):
             _run(["iptables", "-I", "FORWARD", *rule, "-m", "comment", "--comment", IPTABLES_COMMENT, "-j", "DROP"])
-        return self
 
     @staticmethod
     def down(state: dict) -> list[str]:
