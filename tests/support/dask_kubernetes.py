@@ -7,11 +7,14 @@
 - `dask_cluster(...)`: a DaskCluster on the locally built Dask image, with the scheduler's
   HTTP API (graceful retirement) and /metrics, Prometheus annotations on scheduler and workers,
   non-root on a read-only root filesystem.
+- `on_node(doc, image)`: an existing DaskCluster or DaskWorkerGroup document (examples/, say)
+  adapted to the node the same way, everything else kept as written.
 - `worker_pods(...)`, `scheduler_address(...)`: what the controller made of it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import time
@@ -125,6 +128,47 @@ def dask_cluster(name: str, image: str, *, replicas: int = 1, nthreads: int = 1,
             },
         },
     }
+
+
+def on_node(doc: dict[str, Any], image: str) -> dict[str, Any]:
+    """A copy of an existing DaskCluster or DaskWorkerGroup document (examples/daskcluster.yaml,
+    say) adapted to the real node the way `dask_cluster` builds one: every scheduler and worker
+    container on `image` with `imagePullPolicy: Never`, non-root on a read-only root filesystem
+    with an emptyDir on /tmp, and the scheduler's HTTP routes (the API dask-kubernetes retires
+    workers through, /metrics) in its environment. Args, ports, probes, annotations, replicas and
+    the Service stay as the document wrote them."""
+    out = copy.deepcopy(doc)
+    spec = out["spec"]
+    parts = [("worker", spec["worker"])] if out["kind"] == "DaskWorkerGroup" else \
+        [("scheduler", spec["scheduler"]), ("worker", spec["worker"])]
+    for part, template in parts:
+        pod = template["spec"]
+        for container in pod["containers"]:
+            container["image"] = image
+            container["imagePullPolicy"] = "Never"
+            container["volumeMounts"] = [m for m in container.get("volumeMounts", []) if m.get("mountPath") != "/tmp"]
+            _hardened(container)
+            if part == "scheduler":
+                env = [e for e in container.get("env", []) if e["name"] != "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"]
+                container["env"] = env + _http_api_env()
+        pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != "tmp"] + [{"name": "tmp", "emptyDir": {}}]
+    return out
+
+
+def ship_workloads(client: Any, directory: Path) -> None:
+    """Make `tests.support.workloads` importable on the scheduler and on every worker, present
+    and future, of a cluster whose image has no tests/ (the scheduler unpickles task graphs
+    too): `Client.upload_file` of a zip that holds just that module."""
+    import zipfile
+
+    from tests.support import workloads
+
+    path = directory / "scalable_test_workloads.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tests/__init__.py", "")
+        zf.writestr("tests/support/__init__.py", "")
+        zf.write(workloads.__file__, "tests/support/workloads.py")
+    client.upload_file(str(path))
 
 
 def pods(kubeconfig: Path | str, namespace: str, selector: str) -> list[dict[str, Any]]:

@@ -167,6 +167,9 @@ class NodeNetwork:
 
     def _configure(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        # Holding the bridge, no other node runs: chains a crashed one left are not ours to keep.
+        _remove_kube_chains()
+        _delete_our_forward_rules()
         saved = workdir / "iptables.before"
         saved.write_text(_run(["iptables-save"]).stdout)
         self.state = {
@@ -192,12 +195,6 @@ class NodeNetwork:
     def down(state: dict) -> list[str]:
         """Take the bridge, veths, routes, rules and sysctls back; return what it could not."""
         problems: list[str] = []
-        for link in _links_on_bridge():
-            _run(["ip", "link", "del", link], check=False)
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            r = _run(["ip", "link", "del", BRIDGE], check=False)
-            if r.returncode:
-                problems.append(f"ip link del {BRIDGE}: {r.stderr.strip()}")
         _remove_kube_chains()
         _delete_our_forward_rules()
         # Then the tables exactly as they were (an empty snapshot: there were none to restore).
@@ -214,6 +211,13 @@ class NodeNetwork:
         for key, value in (state.get("sysctls_before") or {}).items():
             if value is not None and _read_sysctl(key) != value:
                 _write_sysctl(key, value)
+        # The bridge last: it is the claim another node waits on.
+        for link in _links_on_bridge():
+            _run(["ip", "link", "del", link], check=False)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            r = _run(["ip", "link", "del", BRIDGE], check=False)
+            if r.returncode:
+                problems.append(f"ip link del {BRIDGE}: {r.stderr.strip()}")
         return problems
 
 

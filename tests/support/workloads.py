@@ -24,3 +24,14 @@ def allocate(nbytes: int, hold_seconds: float = 0.0) -> int:
         buf[i] = 1
     time.sleep(hold_seconds)
     return len(buf)
+
+
+def processing_counts(dask_scheduler) -> dict[str, int]:
+    """For ``Client.run_on_scheduler``: how many times each task key went to a worker (a lost
+    worker, or one retired while busy, makes its task run again)."""
+    counts: dict[str, int] = {}
+    for entry in dask_scheduler.transition_log:
+        key, finish = entry[0], entry[2]
+        if finish == "processing":
+            counts[str(key)] = counts.get(str(key), 0) + 1
+    return counts

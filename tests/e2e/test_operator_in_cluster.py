@@ -1,0 +1,138 @@
+"""Our operator for real: `helm install` of charts/scalable-operator with the image built from
+operator/Dockerfile, running on the real node as uid 65532 on a read-only root filesystem,
+under its ServiceAccount, its telemetry on the chart's PVC (bound to a local volume of the
+node). /healthz, /metrics and ingestion answer through its Service; `helm upgrade` keeps the
+PVC and its data.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.support.chart import CHART_DIR, helm
+from tests.support.dask_kubernetes import kubectl
+from tests.support.node import NODE_NAME
+
+STORAGE_CLASS = "scalable-local"
+
+
+def local_volume(name: str, path: Path, size: str = "1Gi") -> list[dict]:
+    """A StorageClass without a provisioner and a local PersistentVolume on the real node: how
+    clusters offer node-local disks; the chart's PVC binds to it when its pod is scheduled."""
+    return [
+        {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": STORAGE_CLASS},
+         "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer",
+         "reclaimPolicy": "Retain"},
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+         "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
+                  "local": {"path": str(path)},
+                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}}}},
+    ]
+
+
+def _json(kubeconfig, *args):
+    return json.loads(kubectl(kubeconfig, *args, "-o", "json").stdout)
+
+
+def _operator_pod(kubeconfig, namespace, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    pods: list = []
+    while time.monotonic() < deadline:
+        pods = _json(kubeconfig, "-n", namespace, "get", "pods", "-l", "app.kubernetes.io/name=scalable-operator")["items"]
+        ready = [p for p in pods if not p["metadata"].get("deletionTimestamp") and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+        if len(ready) == 1 and len(pods) == 1:
+            return ready[0]
+        time.sleep(1)
+    raise AssertionError(f"no single Ready operator pod in {timeout}s: {[p['status'] for p in pods]}")
+
+
+def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upgrade(
+    kube_cluster, namespace, node_images, tmp_path,
+):
+    kubeconfig = kube_cluster.kubeconfig
+    volume_dir = kube_cluster.node.workdir / "volumes" / namespace
+    volume_dir.mkdir(parents=True)
+    shutil.chown(volume_dir, 65532, 65532)
+    pv = f"telemetry-{namespace}"
+    kubectl(kubeconfig, "apply", "-f", "-", input="\n".join(json.dumps(d) for d in local_volume(pv, volume_dir)))
+    repository, _, tag = node_images["operator"].ref.rpartition(":")
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "watchNamespaces": [namespace],
+        "telemetry": {"persistence": {"storageClass": STORAGE_CLASS, "size": "1Gi"}},
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    release = "scalable-operator"
+    try:
+        helm("install", release, str(CHART_DIR), "--namespace", namespace, "-f", str(values_file),
+             "--wait", "--timeout=240s", kubeconfig=kubeconfig, timeout=300)
+        pod = _operator_pod(kubeconfig, namespace)
+        name = pod["metadata"]["name"]
+
+        # uid 65532, a read-only root filesystem, the ServiceAccount's token, the PVC mounted.
+        assert kubectl(kubeconfig, "-n", namespace, "exec", name, "--", "id", "-u").stdout.strip() == "65532"
+        denied = kubectl(kubeconfig, "-n", namespace, "exec", name, "--", "touch", "/opt/x", check=False)
+        assert denied.returncode != 0 and "Read-only file system" in denied.stderr + denied.stdout
+        assert pod["spec"]["serviceAccountName"] and pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+        claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v)
+        pvc = _json(kubeconfig, "-n", namespace, "get", "pvc", claim)
+        assert pvc["status"]["phase"] == "Bound" and pvc["spec"]["volumeName"] == pv
+
+        # /healthz and /metrics through the Service's ClusterIP (kube-proxy's rules on the host).
+        service = _json(kubeconfig, "-n", namespace, "get", "service", release)
+        ip = service["spec"]["clusterIP"]
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/healthz", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/metrics", timeout=10) as r:
+            assert b"scalable_" in r.read()
+
+        # Ingestion through the Service, authenticated by a real ServiceAccount token (TokenReview).
+        workflow = {"apiVersion": "scalable.dev/v1alpha1", "kind": "ScalableWorkflow", "metadata": {"name": "wf"},
+                    "spec": {"clusterRef": {"name": "sim"}, "scaling": {"mode": "Off"},
+                             "workerGroups": [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 2}]}}
+        kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", input=json.dumps(workflow))
+        kubectl(kubeconfig, "-n", namespace, "create", "serviceaccount", "client")
+        kubectl(kubeconfig, "-n", namespace, "create", "role", "push", "--verb=get,update",
+                "--resource=scalableworkflows.scalable.dev")
+        kubectl(kubeconfig, "-n", namespace, "create", "rolebinding", "push", "--role=push",
+                f"--serviceaccount={namespace}:client")
+        token = kubectl(kubeconfig, "-n", namespace, "create", "token", "client").stdout.strip()
+        run_id = f"run-{secrets.token_hex(4)}"
+        record = {"kind": "task", "task": "simulate", "tag": "default", "submitted_at": 1.7e9, "duration_s": 3.0,
+                  "peak_memory_bytes": 2**30, "input_features": {"size": 1}}
+        request = urllib.request.Request(
+            f"http://{ip}:{ports['ingest']}/v1/namespaces/{namespace}/scalableworkflows/wf/runs",
+            data=json.dumps({"run": {"run_id": run_id}, "records": [record]}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.load(r) == {"run_id": run_id, "accepted": 1}
+        stored = volume_dir / namespace / "runs" / run_id / "tasks.jsonl"
+        assert stored.exists(), sorted(str(p) for p in volume_dir.rglob("*"))
+
+        # helm upgrade: a new pod, the same claim, the data still there.
+        helm("upgrade", release, str(CHART_DIR), "--namespace", namespace, "-f", str(values_file),
+             "--set", "operator.verbose=true", "--wait", "--timeout=240s", kubeconfig=kubeconfig, timeout=300)
+        deadline = time.monotonic() + 120
+        while _operator_pod(kubeconfig, namespace)["metadata"]["name"] == name and time.monotonic() < deadline:
+            time.sleep(1)
+        upgraded = _operator_pod(kubeconfig, namespace)
+        assert upgraded["metadata"]["name"] != name
+        after = _json(kubeconfig, "-n", namespace, "get", "pvc", claim)
+        assert after["metadata"]["uid"] == pvc["metadata"]["uid"] and after["spec"]["volumeName"] == pv
+        assert json.loads(stored.read_text().splitlines()[0])["input_features"] == {"size": 1}
+    finally:
+        helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=kubeconfig, check=False, timeout=120)
+        kubectl(kubeconfig, "-n", namespace, "delete", "pvc", "--all", "--wait=false", check=False)
+        kubectl(kubeconfig, "delete", "pv", pv, "--wait=false", check=False)
