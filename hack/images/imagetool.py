@@ -188,7 +188,9 @@ def _inputs(name: str, root: Path, python: str, coredns: str) -> tuple[str, str]
         d = h.hexdigest()
         return d, f"localhost/scalable/python:bookworm-{d[:8]}"
     if name == "operator":
-        for f in ("operator/Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        # README.md is in the build context too, but only as the package's long description:
+        # an edit to it changes nothing the image runs, so it does not make the image stale.
+        for f in ("operator/Dockerfile", ".dockerignore", "pyproject.toml"):
             h.file(f, root / f)
         for f in _tree(root / "operator" / "scalable"):
             h.file(f.relative_to(root).as_posix(), f)

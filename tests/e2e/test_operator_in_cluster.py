@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -56,16 +58,20 @@ def _operator_pod(kubeconfig, namespace, timeout=180.0):
     raise AssertionError(f"no single Ready operator pod in {timeout}s: {[p['status'] for p in pods]}")
 
 
-def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upgrade(
-    kube_cluster, namespace, node_images, tmp_path,
-):
-    kubeconfig = kube_cluster.kubeconfig
-    volume_dir = kube_cluster.node.workdir / "volumes" / namespace
+RELEASE = "scalable-operator"
+
+
+def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_size: str | None = None) -> tuple[str, Path]:
+    """A local PersistentVolume at volume_dir (on a tmpfs of tmpfs_size, if given) and the
+    chart installed into the test's namespace with the operator image; returns the PV's name
+    and the values file."""
     volume_dir.mkdir(parents=True)
+    if tmpfs_size:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size},mode=0755", "tmpfs", str(volume_dir)], check=True)
     shutil.chown(volume_dir, 65532, 65532)
     pv = f"telemetry-{namespace}"
     kubectl(kubeconfig, "apply", "-f", "-", input="\n".join(json.dumps(d) for d in local_volume(pv, volume_dir)))
-    repository, _, tag = node_images["operator"].ref.rpartition(":")
+    repository, _, tag = image_ref.rpartition(":")
     values = {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [namespace],
@@ -73,10 +79,66 @@ def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upg
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    release = "scalable-operator"
+    helm("install", RELEASE, str(CHART_DIR), "--namespace", namespace, "-f", str(values_file),
+         "--wait", "--timeout=240s", kubeconfig=kubeconfig, timeout=300)
+    return pv, values_file
+
+
+def _uninstall(kubeconfig, namespace, pv, volume_dir):
+    helm("uninstall", RELEASE, "--namespace", namespace, "--wait", kubeconfig=kubeconfig, check=False, timeout=120)
+    kubectl(kubeconfig, "-n", namespace, "delete", "pvc", "--all", "--wait=true", "--timeout=60s", check=False)
+    kubectl(kubeconfig, "delete", "pv", pv, "--wait=false", check=False)
+    if volume_dir.is_mount():
+        subprocess.run(["umount", str(volume_dir)], check=False)
+
+
+def _service(kubeconfig, namespace) -> tuple[str, dict[str, int]]:
+    service = _json(kubeconfig, "-n", namespace, "get", "service", RELEASE)
+    return service["spec"]["clusterIP"], {p["name"]: p["port"] for p in service["spec"]["ports"]}
+
+
+def _pusher(kubeconfig, namespace):
+    """A ScalableWorkflow `wf` and a ServiceAccount allowed to push its telemetry; returns
+    push(ip, port, body) -> (status, answer)."""
+    workflow = {"apiVersion": "scalable.dev/v1alpha1", "kind": "ScalableWorkflow", "metadata": {"name": "wf"},
+                "spec": {"clusterRef": {"name": "sim"}, "scaling": {"mode": "Off"},
+                         "workerGroups": [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 2}]}}
+    kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", input=json.dumps(workflow))
+    kubectl(kubeconfig, "-n", namespace, "create", "serviceaccount", "client")
+    kubectl(kubeconfig, "-n", namespace, "create", "role", "push", "--verb=get,update",
+            "--resource=scalableworkflows.scalable.dev")
+    kubectl(kubeconfig, "-n", namespace, "create", "rolebinding", "push", "--role=push",
+            f"--serviceaccount={namespace}:client")
+    token = kubectl(kubeconfig, "-n", namespace, "create", "token", "client").stdout.strip()
+
+    def push(ip: str, port: int, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://{ip}:{port}/v1/namespaces/{namespace}/scalableworkflows/wf/runs",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    return push
+
+
+def _record(i: int, pad: str = "") -> dict:
+    return {"kind": "task", "task": "simulate", "tag": "default", "submitted_at": 1.7e9 + i, "duration_s": 3.0,
+            "peak_memory_bytes": 2**30, "input_features": {"size": i, **({"note": pad} if pad else {})}}
+
+
+def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upgrade(
+    kube_cluster, namespace, node_images, tmp_path,
+):
+    kubeconfig = kube_cluster.kubeconfig
+    volume_dir = kube_cluster.node.workdir / "volumes" / namespace
+    release = RELEASE
+    pv = f"telemetry-{namespace}"
     try:
-        helm("install", release, str(CHART_DIR), "--namespace", namespace, "-f", str(values_file),
-             "--wait", "--timeout=240s", kubeconfig=kubeconfig, timeout=300)
+        pv, values_file = _install(kubeconfig, namespace, node_images["operator"].ref, volume_dir, tmp_path)
         pod = _operator_pod(kubeconfig, namespace)
         name = pod["metadata"]["name"]
 
@@ -90,34 +152,17 @@ def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upg
         assert pvc["status"]["phase"] == "Bound" and pvc["spec"]["volumeName"] == pv
 
         # /healthz and /metrics through the Service's ClusterIP (kube-proxy's rules on the host).
-        service = _json(kubeconfig, "-n", namespace, "get", "service", release)
-        ip = service["spec"]["clusterIP"]
-        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        ip, ports = _service(kubeconfig, namespace)
         with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/healthz", timeout=10) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/metrics", timeout=10) as r:
             assert b"scalable_" in r.read()
 
         # Ingestion through the Service, authenticated by a real ServiceAccount token (TokenReview).
-        workflow = {"apiVersion": "scalable.dev/v1alpha1", "kind": "ScalableWorkflow", "metadata": {"name": "wf"},
-                    "spec": {"clusterRef": {"name": "sim"}, "scaling": {"mode": "Off"},
-                             "workerGroups": [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 2}]}}
-        kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", input=json.dumps(workflow))
-        kubectl(kubeconfig, "-n", namespace, "create", "serviceaccount", "client")
-        kubectl(kubeconfig, "-n", namespace, "create", "role", "push", "--verb=get,update",
-                "--resource=scalableworkflows.scalable.dev")
-        kubectl(kubeconfig, "-n", namespace, "create", "rolebinding", "push", "--role=push",
-                f"--serviceaccount={namespace}:client")
-        token = kubectl(kubeconfig, "-n", namespace, "create", "token", "client").stdout.strip()
+        push = _pusher(kubeconfig, namespace)
         run_id = f"run-{secrets.token_hex(4)}"
-        record = {"kind": "task", "task": "simulate", "tag": "default", "submitted_at": 1.7e9, "duration_s": 3.0,
-                  "peak_memory_bytes": 2**30, "input_features": {"size": 1}}
-        request = urllib.request.Request(
-            f"http://{ip}:{ports['ingest']}/v1/namespaces/{namespace}/scalableworkflows/wf/runs",
-            data=json.dumps({"run": {"run_id": run_id}, "records": [record]}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=30) as r:
-            assert json.load(r) == {"run_id": run_id, "accepted": 1}
+        assert push(ip, ports["ingest"], {"run": {"run_id": run_id}, "records": [_record(1)]}) == (
+            200, {"run_id": run_id, "accepted": 1})
         stored = volume_dir / namespace / "runs" / run_id / "tasks.jsonl"
         assert stored.exists(), sorted(str(p) for p in volume_dir.rglob("*"))
 
@@ -133,6 +178,45 @@ def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upg
         assert after["metadata"]["uid"] == pvc["metadata"]["uid"] and after["spec"]["volumeName"] == pv
         assert json.loads(stored.read_text().splitlines()[0])["input_features"] == {"size": 1}
     finally:
-        helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=kubeconfig, check=False, timeout=120)
-        kubectl(kubeconfig, "-n", namespace, "delete", "pvc", "--all", "--wait=false", check=False)
-        kubectl(kubeconfig, "delete", "pv", pv, "--wait=false", check=False)
+        _uninstall(kubeconfig, namespace, pv, volume_dir)
+
+
+def test_a_telemetry_volume_that_really_fills_answers_507_and_keeps_what_it_has(
+    kube_cluster, namespace, node_images, tmp_path,
+):
+    """The chart's PVC on a 72 MiB tmpfs (the operator keeps 64 MiB in reserve): pushes of about
+    half a megabyte each until the volume refuses; nothing partial is stored and every
+    acknowledged batch reads back whole."""
+    from scalable.telemetry.loader import load_tasks
+
+    kubeconfig = kube_cluster.kubeconfig
+    volume_dir = kube_cluster.node.workdir / "volumes" / namespace
+    pv = f"telemetry-{namespace}"
+    try:
+        pv, _ = _install(kubeconfig, namespace, node_images["operator"].ref, volume_dir, tmp_path, tmpfs_size="72m")
+        _operator_pod(kubeconfig, namespace)
+        ip, ports = _service(kubeconfig, namespace)
+        push = _pusher(kubeconfig, namespace)
+        acknowledged, refusal = 0, None
+        pad = "x" * 200
+        for batch in range(60):
+            run_id = f"run-{batch:03d}"
+            records = [_record(batch * 10_000 + i, pad) for i in range(2000)]
+            status, answer = push(ip, ports["ingest"], {"run": {"run_id": run_id}, "records": records})
+            if status == 507:
+                refusal = (run_id, answer)
+                break
+            assert status == 200 and answer["accepted"] == len(records), (status, answer)
+            acknowledged += len(records)
+        assert refusal is not None, "a 72 MiB volume must fill within 60 batches of ~0.5 MB"
+        assert acknowledged > 0 and "full" in refusal[1]["error"]
+        runs = volume_dir / namespace / "runs"
+        assert not (runs / refusal[0] / "tasks.jsonl").exists() or not (runs / refusal[0] / "tasks.jsonl").read_text()
+        table = load_tasks(runs, cache=False)
+        assert len(table.frame) == acknowledged, "every acknowledged record reads back, nothing partial"
+        # The operator is still healthy and still refuses cleanly.
+        with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/healthz", timeout=10) as r:
+            assert r.status == 200
+        assert push(ip, ports["ingest"], {"run": {"run_id": "run-late"}, "records": [_record(1)]})[0] == 507
+    finally:
+        _uninstall(kubeconfig, namespace, pv, volume_dir)

@@ -189,6 +189,10 @@ class ControlPlane:
             self.stop()  # removes the (empty) directory it made
             raise
         try:
+            if self.with_node:
+                # May wait for another node to go away; the start-up clock runs after that.
+                self.network_state = real_node.NodeNetwork().up(self.workdir / "node-network").state
+                t0 = time.monotonic()
             self._start(bins, t0 + timeout)
         except BaseException as exc:
             report = self.logs()
@@ -207,8 +211,6 @@ class ControlPlane:
         # With a real node, pods reach the API server (through the `kubernetes` Service) at
         # the node's bridge address, so it listens there rather than on loopback.
         address = real_node.NODE_IP if self.with_node else "127.0.0.1"
-        if self.with_node:
-            self.network_state = real_node.NodeNetwork().up(wd / "node-network").state
         self.server = f"https://{address}:{api_port}"
 
         # Service-account signing key (also verifies tokens, and the controller manager

@@ -313,6 +313,7 @@ class _Proc:
     pid: int
     log: str
     popen: subprocess.Popen | None = field(default=None, repr=False)
+    argv: list[str] = field(default_factory=list, repr=False)
 
 
 class Node:
@@ -409,7 +410,17 @@ class Node:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_path(name)
         popen = spawn(argv, log, die_with_parent=self.die_with_parent)
-        self.procs.append(_Proc(name, popen.pid, str(log), popen))
+        self.procs.append(_Proc(name, popen.pid, str(log), popen, argv))
+
+    def restart(self, name: str, *, down_seconds: float = 0.0) -> None:
+        """Stop one component (kubelet, kube-proxy or containerd) and start it again with the
+        same arguments, as a node's service manager would after a crash or an upgrade.
+        Containers keep running: their shims outlive containerd and the kubelet."""
+        (proc,) = [p for p in self.procs if p.name == name]
+        terminate(proc.pid, timeout=10.0, proc=proc.popen)
+        self.procs.remove(proc)
+        time.sleep(down_seconds)
+        self._spawn(name, proc.argv)
 
     def _check_alive(self) -> None:
         for p in self.procs:
