@@ -53,6 +53,8 @@ def _run_once(address: str, runs_dir, nbytes: int) -> tuple[str, list[dict]]:
             outcome = "succeeded"
         except Exception as exc:  # noqa: BLE001 - KilledWorker after the retries is the expected failure
             outcome = type(exc).__name__
+        # The verdict on the last lost worker waits (1 s) for its nanny's memory event.
+        time.sleep(3)
         client.run_on_scheduler(flush_lost_workers)
         time.sleep(2)  # the last events reach the client
         run_id = run.run_id

@@ -214,9 +214,64 @@ def test_a_telemetry_volume_that_really_fills_answers_507_and_keeps_what_it_has(
         assert not (runs / refusal[0] / "tasks.jsonl").exists() or not (runs / refusal[0] / "tasks.jsonl").read_text()
         table = load_tasks(runs, cache=False)
         assert len(table.frame) == acknowledged, "every acknowledged record reads back, nothing partial"
-        # The operator is still healthy and still refuses cleanly.
+        # The operator is still healthy; a batch that no longer fits is refused again, whole.
         with urllib.request.urlopen(f"http://{ip}:{ports['metrics']}/healthz", timeout=10) as r:
             assert r.status == 200
-        assert push(ip, ports["ingest"], {"run": {"run_id": "run-late"}, "records": [_record(1)]})[0] == 507
+        late = [_record(900_000 + i, pad) for i in range(2000)]
+        assert push(ip, ports["ingest"], {"run": {"run_id": "run-late"}, "records": late})[0] == 507
+        assert len(load_tasks(runs, cache=False).frame) == acknowledged
+    finally:
+        _uninstall(kubeconfig, namespace, pv, volume_dir)
+
+
+def test_the_operator_pod_killed_mid_scale_repeats_no_step(
+    kube_cluster, namespace, node_images, dask_kubernetes_controller, tmp_path,
+):
+    """The Helm-installed operator scales a real DaskCluster from the scheduler's own metrics
+    (in the cluster it resolves the scheduler's Service; no Prometheus); its pod is deleted with
+    --force --grace-period=0 while the queue is full. The new pod carries on from the replicas
+    the old one applied: no scale-up step is taken twice, bounds hold, every task finishes."""
+    import distributed
+
+    from tests.support.dask_kubernetes import dask_cluster, scheduler_address, ship_workloads
+    from tests.support.workloads import sleep_task
+
+    kubeconfig = kube_cluster.kubeconfig
+    volume_dir = kube_cluster.node.workdir / "volumes" / namespace
+    pv = f"telemetry-{namespace}"
+    cluster = dask_cluster("sim", node_images["dask"].ref, replicas=1)
+    workflow = {"apiVersion": "scalable.dev/v1alpha1", "kind": "ScalableWorkflow", "metadata": {"name": "wf"},
+                "spec": {"clusterRef": {"name": "sim"},
+                         "scaling": {"mode": "Reactive", "pollIntervalSeconds": 2, "cooldownSeconds": 4},
+                         "workerGroups": [{"name": "default", "task": "sleep_task", "minWorkers": 1, "maxWorkers": 3}]}}
+    try:
+        pv, _ = _install(kubeconfig, namespace, node_images["operator"].ref, volume_dir, tmp_path)
+        old = _operator_pod(kubeconfig, namespace)["metadata"]["name"]
+        kubectl(kubeconfig, "-n", namespace, "apply", "-f", "-", input="\n".join(json.dumps(d) for d in (cluster, workflow)))
+        address = scheduler_address(kubeconfig, namespace, "sim")
+        replicas_seen: list[int] = []
+        with distributed.Client(address, timeout=30) as client:
+            ship_workloads(client, tmp_path)
+            futures = client.map(sleep_task, [0.5] * 240, pure=False)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                replicas = _json(kubeconfig, "-n", namespace, "get", "daskcluster", "sim")["spec"]["worker"]["replicas"]
+                replicas_seen.append(replicas)
+                if replicas > 1:
+                    break
+                time.sleep(0.5)
+            assert replicas_seen[-1] > 1, f"the operator did not scale up from the queue: {replicas_seen}"
+            kubectl(kubeconfig, "-n", namespace, "delete", "pod", old, "--force", "--grace-period=0")
+            new = _operator_pod(kubeconfig, namespace)
+            assert new["metadata"]["name"] != old
+            while not all(f.done() for f in futures):
+                replicas_seen.append(_json(kubeconfig, "-n", namespace, "get", "daskcluster", "sim")["spec"]["worker"]["replicas"])
+                time.sleep(0.5)
+            assert sum(client.gather(futures)) == 120.0
+        decisions = [json.loads(line) for path in (volume_dir / namespace / "runs").glob("operator-wf-*/decisions.jsonl")
+                     for line in path.read_text().splitlines()]
+        steps = [(d["from_workers"], d["to_workers"]) for d in decisions if d["action"] == "scale_up"]
+        assert steps and len(steps) == len(set(steps)), f"a scale-up step was repeated: {steps}"
+        assert min(replicas_seen) >= 1 and max(replicas_seen) <= 3, replicas_seen
     finally:
         _uninstall(kubeconfig, namespace, pv, volume_dir)
