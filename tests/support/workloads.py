@@ -17,8 +17,11 @@ def sleep_task(seconds: float) -> float:
     return seconds
 
 
-def allocate(nbytes: int, hold_seconds: float = 0.0) -> int:
-    """Touch nbytes of memory (observable peak memory) and hold it a while."""
+def allocate(nbytes: int, hold_seconds: float = 0.0, delay_seconds: float = 0.0) -> int:
+    """Touch nbytes of memory (observable peak memory) and hold it a while; with
+    delay_seconds, first work a little without it (so a task killed at its peak has been seen
+    starting)."""
+    time.sleep(delay_seconds)
     buf = bytearray(nbytes)
     for i in range(0, nbytes, 4096):
         buf[i] = 1
