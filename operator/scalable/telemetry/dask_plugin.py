@@ -362,24 +362,29 @@ class KernelOOMNannyPlugin(NannyPlugin):
         seen = read_oom_kills(files)
         if seen is None:
             return
-        state: dict[str, Any] = {"seen": seen, "worker": nanny.worker_address, "kill_seen_at": None}
+        state: dict[str, Any] = {"seen": seen, "worker": nanny.worker_address, "pid": nanny.pid, "kill_seen_at": None}
 
         def poll() -> None:
             kills = read_oom_kills(files)
             now = time.monotonic()
+            pid = nanny.pid
             if kills is not None and kills > state["seen"]:
                 state["seen"], state["kill_seen_at"] = kills, now
-            # A kill in the cgroup counts only if it took the nanny's worker with it (the
-            # process may be reaped a moment after the counter rises).
+            # A kill in the cgroup counts only if it took the nanny's worker process with it:
+            # the process is gone or already replaced (the nanny restarts it at once, but the
+            # new worker takes seconds to register, so its old address is still the one to name).
             if state["kill_seen_at"] is not None:
-                died = not nanny.is_alive() or nanny.worker_address != state["worker"]
-                if died and state["worker"]:
+                if pid != state["pid"] and state["worker"]:
                     nanny.log_event("worker-restart-memory", {
-                        "worker": state["worker"], "pid": None, "rss": _cgroup_peak_bytes(), "kernel_oom_kill": True,
+                        "worker": state["worker"], "pid": state["pid"], "rss": _cgroup_peak_bytes(),
+                        "kernel_oom_kill": True,
                     })
-                if died or now - state["kill_seen_at"] > KILL_ATTRIBUTION_S:
                     state["kill_seen_at"] = None
-            if nanny.worker_address and nanny.is_alive():
+                elif now - state["kill_seen_at"] > KILL_ATTRIBUTION_S:
+                    state["kill_seen_at"] = None
+            if state["kill_seen_at"] is None:
+                state["pid"] = pid
+            if nanny.worker_address:
                 state["worker"] = nanny.worker_address
 
         self._callback = PeriodicCallback(poll, self.interval_s * 1000)

@@ -32,11 +32,8 @@ class _Nanny:
 
     def __init__(self) -> None:
         self.worker_address = "tcp://198.18.0.20:40000"
-        self.alive = True
+        self.pid: int | None = 100
         self.events: list[tuple[str, dict]] = []
-
-    def is_alive(self) -> bool:
-        return self.alive
 
     def log_event(self, topic: str, msg: dict) -> None:
         self.events.append((topic, msg))
@@ -60,14 +57,16 @@ async def test_a_kill_that_took_the_worker_is_reported_under_the_dead_workers_ad
         await asyncio.sleep(0.1)
         counter.write_text("oom_kill 1\n")
         await asyncio.sleep(0.05)
-        nanny.alive = False  # reaped a moment after the counter rose
+        nanny.pid = None  # reaped a moment after the counter rose
+        await asyncio.sleep(0.01)
+        nanny.pid = 101  # restarted at once; the new worker registers seconds later
         await asyncio.sleep(0.1)
-        nanny.worker_address, nanny.alive = "tcp://198.18.0.20:40001", True  # restarted
+        nanny.worker_address = "tcp://198.18.0.20:40001"
         await asyncio.sleep(0.2)
 
     nanny = await _run_plugin(tmp_path, kill)
     assert [t for t, _ in nanny.events] == ["worker-restart-memory"]
-    assert nanny.events[0][1]["worker"] == "tcp://198.18.0.20:40000"
+    assert nanny.events[0][1]["worker"] == "tcp://198.18.0.20:40000" and nanny.events[0][1]["pid"] == 100
 
 
 async def test_a_kill_of_another_process_in_the_cgroup_is_not_blamed_on_the_worker(tmp_path):
