@@ -125,15 +125,22 @@ async def test_a_kernel_oom_kill_is_recorded_and_the_next_worker_gets_more_memor
         second = await wait_until(lambda: _recommendation(kube_api, namespace, above=limit), timeout=60,
                                   what="a recommendation above the limit that was OOM-killed")
         assert parse_memory(second) >= min(limit + 100 * MiB, 1.2 * limit), (first, second)
-        # New workers only get it: once the group's template has it, replace the worker
-        # (dask-kubernetes recreates it from the template).
+        # New workers only get it: once the group's template has it, retire the worker and
+        # start another (dask-kubernetes makes each worker a Deployment from the template of
+        # the moment: a pod deleted by hand comes back as it was).
         async def template_has_it():
             group = await get(kube_api, namespace, "DaskWorkerGroup", "sim-default")
             limits = (group["spec"]["worker"]["spec"]["containers"][0].get("resources") or {}).get("limits") or {}
             return limits.get("memory") == second
 
         await wait_until(template_has_it, timeout=60, what=f"the worker template at {second}")
-        kubectl(kubeconfig, "-n", namespace, "delete", "pod", name, "--wait=false")
+        await merge_patch(kube_api, namespace, "DaskCluster", "sim", {"spec": {"worker": {"replicas": 0}}})
+
+        async def no_workers():
+            return not await asyncio.to_thread(worker_pods, kubeconfig, namespace, "sim")
+
+        await wait_until(no_workers, timeout=120, interval=1, what="the OOM-killed worker retired")
+        await merge_patch(kube_api, namespace, "DaskCluster", "sim", {"spec": {"worker": {"replicas": 1}}})
         await _one_worker(kubeconfig, namespace, second)
         outcome, records = await asyncio.to_thread(_run_once, address, runs, nbytes)
         assert outcome == "succeeded", (outcome, records)
