@@ -107,7 +107,8 @@ require_synced() {  # require_synced DIR MODULE VERSION
 }
 
 # A stamp next to the binaries remembers which go.sum built them.
-stamp_of() { sha256sum "$TOOLS/$1/go.mod" "$TOOLS/$1/go.sum" | sha256sum | cut -c1-16; }
+# Contents only, not paths: a clone elsewhere (CI) reuses the binaries.
+stamp_of() { cat "$TOOLS/$1/go.mod" "$TOOLS/$1/go.sum" | sha256sum | cut -c1-16; }
 
 up_to_date() {  # up_to_date OUTDIR TOOLDIR BIN...
   local out="$1" tool="$2"; shift 2
