@@ -735,14 +735,32 @@ def shutdown(state: dict, popens: dict[int, subprocess.Popen | None] | None = No
     return cleanup(state)
 
 
+# containerd 1.6's CRI keeps pod network namespaces here (named cni-<uuid>); its sandboxes are
+# removed with ctr at stop, not through the CRI, so their namespaces are unmounted by cleanup.
+NETNS_DIR = Path("/run/netns")
+
+
+def _remove_pod_netns() -> list[str]:
+    left = []
+    for path in sorted(NETNS_DIR.glob("cni-*")) if NETNS_DIR.is_dir() else []:
+        if _run(["umount", str(path)], check=False).returncode and path.is_mount():
+            _run(["umount", "-l", str(path)], check=False)
+        try:
+            path.unlink()
+        except OSError:
+            left.append(f"network namespace left: {path}")
+    return left
+
+
 def cleanup(state: dict) -> list[str]:
-    """Remove what a node left: shims, mounts, cgroups (its processes are already stopped).
-    Idempotent; safe after a crash. Returns what stayed."""
+    """Remove what a node left: shims, mounts, pod network namespaces, cgroups (its processes
+    are already stopped). Idempotent; safe after a crash. Returns what stayed."""
     for pid in _shim_pids():
         terminate(pid, timeout=5.0)
     workdir = state.get("workdir")
     prefixes = [str(RUN_DIR), str(containerd_root())] + ([workdir] if workdir else [])
     problems = [f"still mounted: {m}" for m in unmount_all(prefixes)]
+    problems += _remove_pod_netns()
     if state.get("cgroup_root"):
         problems += [f"cgroup left: {c}" for c in remove_cgroups(state["cgroup_root"])]
     if not problems:
