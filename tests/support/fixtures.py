@@ -266,19 +266,22 @@ async def sa_kubeconfig(
     return make
 
 
-@pytest.fixture
-def prometheus() -> Iterator[PrometheusServer]:
-    server = PrometheusServer(scrape_interval="1s")
+def _running_prometheus(server: PrometheusServer, needed_for: str) -> Iterator[PrometheusServer]:
     try:
         server.start()
     except MissingBinaryError as e:
-        _fail(f"the e2e tests need Prometheus: {e}")
+        _fail(f"{needed_for}: {e}")
     except PrometheusError as e:
         _fail(str(e))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def prometheus() -> Iterator[PrometheusServer]:
+    yield from _running_prometheus(PrometheusServer(scrape_interval="1s"), "the e2e tests need Prometheus")
 
 
 @pytest.fixture
@@ -287,16 +290,7 @@ def pod_prometheus(kube_cluster: KubeCluster, namespace: str) -> Iterator[Promet
     test's namespace through the API server, as clusters do (kubernetes_sd_configs)."""
     server = PrometheusServer(scrape_interval="1s")
     server.discover_pods(kube_cluster.server, kube_cluster.admin_token_file, kube_cluster.ca_file, namespaces=[namespace])
-    try:
-        server.start()
-    except MissingBinaryError as e:
-        _fail(f"the e2e tests need Prometheus with Kubernetes discovery: {e}")
-    except PrometheusError as e:
-        _fail(str(e))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_prometheus(server, "the e2e tests need Prometheus with Kubernetes discovery")
 
 
 @pytest.fixture
