@@ -40,7 +40,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python tests/support/controlplane.py`
@@ -48,7 +47,7 @@ if __package__ in (None, ""):  # `python tests/support/controlplane.py`
 
 from tests.support import node as real_node  # noqa: E402
 from tests.support import testenv  # noqa: E402
-from tests.support.testenv import MissingBinaryError, binary, free_ports, spawn, tail, terminate  # noqa: E402
+from tests.support.testenv import MissingBinaryError, Proc, binary, free_ports, spawn, tail, terminate  # noqa: E402
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -59,14 +58,6 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 class ControlPlaneError(RuntimeError):
     """The control plane did not come up; the message carries each component's log tail."""
-
-
-@dataclass
-class _Proc:
-    name: str
-    pid: int
-    log: str
-    popen: subprocess.Popen | None = field(default=None, repr=False)
 
 
 def write_kubeconfig(
@@ -135,7 +126,7 @@ class ControlPlane:
         self.keep_workdir = keep_workdir
         # Extra kube-apiserver flags, appended last (e.g. --audit-policy-file/--audit-log-path).
         self.extra_apiserver_args = list(extra_apiserver_args)
-        self.procs: list[_Proc] = []
+        self.procs: list[Proc] = []
         self.server = ""
         self.admin_token = ""
         self.startup_seconds: float | None = None
@@ -336,7 +327,7 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_path(name)
         popen = spawn(argv, log, die_with_parent=self.die_with_parent)
-        self.procs.append(_Proc(name, popen.pid, str(log), popen))
+        self.procs.append(Proc(name, popen.pid, str(log), popen, argv))
 
     def _check_alive(self) -> None:
         for p in self.procs:

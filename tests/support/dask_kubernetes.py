@@ -21,21 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.dask_processes import SCHEDULER_ROUTES  # with the HTTP API dask-kubernetes retires workers through
 from tests.support.images import NodeImage
 
 DASK = "kubernetes.dask.org/v1"
 CONTROLLER_NAMESPACE = "dask-operator"
 CONTROLLER_RELEASE = "dask-kubernetes-operator"
-SCHEDULER_ROUTES = [
-    "distributed.http.scheduler.prometheus",
-    "distributed.http.scheduler.info",
-    "distributed.http.scheduler.json",
-    "distributed.http.health",
-    "distributed.http.proxy",
-    "distributed.http.statics",
-    # POST /api/v1/retire_workers: how dask-kubernetes retires workers gracefully.
-    "distributed.http.scheduler.api",
-]
 
 
 def chart_dir() -> Path:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.testenv import MissingBinaryError, binary, free_ports, spawn, tail, terminate
+from tests.support.testenv import MissingBinaryError, Proc, binary, free_ports, spawn, tail, terminate
 
 BRIDGE = "scalable0"
 NODE_NAME = "scalable-node"
@@ -307,15 +307,6 @@ def _make_cgroup_root(relative: str) -> None:
 # ---------------------------------------------------------------------------------------
 # The node
 # ---------------------------------------------------------------------------------------
-@dataclass
-class _Proc:
-    name: str
-    pid: int
-    log: str
-    popen: subprocess.Popen | None = field(default=None, repr=False)
-    argv: list[str] = field(default_factory=list, repr=False)
-
-
 class Node:
     """containerd + kubelet + kube-proxy on the bridge the control plane created, and CoreDNS.
 
@@ -343,20 +334,20 @@ class Node:
         self.admin_kubeconfig = admin_kubeconfig
         self.die_with_parent = die_with_parent
         self.cgroup_root = memory_cgroup().rstrip("/") + "/scalable-node"
-        self.procs: list[_Proc] = []
+        self.procs: list[Proc] = []
         self.images: dict = {}
         self.startup_seconds: float | None = None
 
     # -- paths ------------------------------------------------------------------------
     @property
     def containerd_socket(self) -> Path:
-        return RUN_DIR / "containerd.sock"
+        return RUN_DIR / "containerd.sock"  # what _ctr talks to
 
     def log_path(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return _run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args], check=check)
+        return _ctr(*args, check=check)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, deadline: float) -> "Node":
@@ -385,7 +376,6 @@ class Node:
             ca_file=self.ca_file, user="system:kube-proxy",
         )
         kubelet_port, kubelet_healthz, proxy_healthz, proxy_metrics = free_ports(4)
-        self.kubelet_healthz = kubelet_healthz
         self._spawn("kubelet", [
             str(bins["kubelet"]),
             f"--config={self._kubelet_config(kubelet_port, kubelet_healthz)}",
@@ -410,7 +400,7 @@ class Node:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.log_path(name)
         popen = spawn(argv, log, die_with_parent=self.die_with_parent)
-        self.procs.append(_Proc(name, popen.pid, str(log), popen, argv))
+        self.procs.append(Proc(name, popen.pid, str(log), popen, argv))
 
     def restart(self, name: str, *, down_seconds: float = 0.0) -> None:
         """Stop one component (kubelet, kube-proxy or containerd) and start it again with the
@@ -690,8 +680,9 @@ def _shim_pids() -> list[int]:
     return pids
 
 
-def _ctr(*args: str) -> subprocess.CompletedProcess:
-    return _run(["ctr", "--address", str(RUN_DIR / "containerd.sock"), "--namespace", "k8s.io", *args], check=False)
+def _ctr(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`ctr` against the node's containerd, in the Kubernetes namespace."""
+    return _run(["ctr", "--address", str(RUN_DIR / "containerd.sock"), "--namespace", "k8s.io", *args], check=check)
 
 
 def _remove_containers() -> None:

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,18 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+@dataclass
+class Proc:
+    """A process `spawn` started: its name, pid, log, and (when started by this process) the
+    Popen and the argv, so it can be reaped or started again the same way."""
+
+    name: str
+    pid: int
+    log: str
+    popen: subprocess.Popen | None = field(default=None, repr=False)
+    argv: list[str] = field(default_factory=list, repr=False)
 
 
 def tail(path: Path, lines: int = 40) -> str:
