@@ -13,8 +13,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.support.controlplane import ControlPlane, _Proc
-from tests.support.testenv import spawn
+from tests.support.controlplane import ControlPlane
+from tests.support.testenv import Proc, spawn
 
 
 def restart_apiserver(cp: ControlPlane, down_seconds: float = 2.0, timeout: float = 60.0) -> float:
@@ -28,7 +28,7 @@ def restart_apiserver(cp: ControlPlane, down_seconds: float = 2.0, timeout: floa
         old.popen.wait(timeout=10)
     time.sleep(down_seconds)
     popen = spawn(argv, Path(old.log), die_with_parent=cp.die_with_parent)
-    cp.procs[cp.procs.index(old)] = _Proc(old.name, popen.pid, old.log, popen)
+    cp.procs[cp.procs.index(old)] = Proc(old.name, popen.pid, old.log, popen, argv)
     cp._wait_ready(time.monotonic() + timeout)
     return time.monotonic() - t0
 
