@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from scalable.advising import defaults
 from scalable.advising.calibration import ConformalCalibrator, conformal_quantile
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
@@ -147,10 +148,10 @@ class LearnedAdvisor(BaseEstimator):
 
     def __init__(
         self,
-        model_type: str = "gradient_boosting",
-        coverage: float = 0.95,
-        min_history: int = 5,
-        confidence_threshold: float = 0.2,
+        model_type: str = defaults.MODEL_TYPE,
+        coverage: float = defaults.COVERAGE,
+        min_history: int = defaults.MIN_HISTORY,
+        confidence_threshold: float = defaults.CONFIDENCE_THRESHOLD,
         calibration_fraction: float = 0.2,
         min_group_calibration: int = 100,
         max_training_rows: int | None = None,
@@ -175,7 +176,7 @@ class LearnedAdvisor(BaseEstimator):
 
     @classmethod
     def from_history(
-        cls, runs_dir: Any = None, model_type: str = "gradient_boosting", coverage: float = 0.95, **params: Any
+        cls, runs_dir: Any = None, model_type: str = defaults.MODEL_TYPE, coverage: float = defaults.COVERAGE, **params: Any
     ) -> "LearnedAdvisor":
         """Train on every task observation under ``runs_dir`` (default ``./.scalable/runs``)."""
         _check_model_type(model_type)

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from scalable.cli.errors import fail
+from scalable.scaling.config import DEFAULTS
 
 session_app = typer.Typer(help="Check scalable.yaml and try the scaler.", no_args_is_help=True)
 
@@ -63,10 +64,10 @@ def decide(
     processing: int = typer.Option(0, min=0, help="tasks running"),
     workers: int = typer.Option(..., min=0, help="workers now"),
     threads: int = typer.Option(1, min=1, help="threads per worker"),
-    min_workers: int = typer.Option(0, min=0),
-    max_workers: int = typer.Option(10, min=1),
-    scale_up_threshold: float = typer.Option(0.8),
-    scale_down_threshold: float = typer.Option(0.3),
+    min_workers: int = typer.Option(DEFAULTS.min_workers, min=0),
+    max_workers: int = typer.Option(DEFAULTS.max_workers, min=1),
+    scale_up_threshold: float = typer.Option(DEFAULTS.scale_up_threshold),
+    scale_down_threshold: float = typer.Option(DEFAULTS.scale_down_threshold),
     task: Optional[str] = typer.Option(None, help="task name, for a predictive decision"),
     runs_dir: Optional[Path] = typer.Option(None, help="train a LearnedAdvisor on these runs"),
     as_json: bool = typer.Option(False, "--json"),

@@ -14,6 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scalable.advising import defaults as advisor_defaults
+from scalable.scaling.config import DEFAULTS as SCALER_DEFAULTS
+from scalable.scaling.config import ScalerConfig
+
 
 GROUP = "scalable.dev"
 VERSION = "v1alpha1"
@@ -43,10 +47,6 @@ def _quantity(text: str) -> Decimal:
     """A Quantity (already matched by its pattern) as an exact number, as CEL's quantity() compares."""
     number = text.rstrip("kKMGTPEim")
     return Decimal(number) * _SUFFIX[text[len(number):]]
-
-
-def _cel(rule: str, message: str) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
 # --- shared -----------------------------------------------------------------------------
@@ -99,9 +99,9 @@ class AdvisorModelSpec(_Spec):
         description="What the model predicts.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    coverage: float = Field(default=0.95, ge=0.5, le=0.999, description="Promised share of future runs whose peak memory fits the recommendation.")
-    minHistory: int = Field(default=5, ge=1, le=10_000, description="Observations of a task before the learned model answers for it.")
-    confidenceThreshold: float = Field(default=0.5, ge=0, le=1, description="Below this confidence the percentile advisor answers.")
+    coverage: float = Field(default=advisor_defaults.COVERAGE, ge=0.5, le=0.999, description="Promised share of future runs whose peak memory fits the recommendation.")
+    minHistory: int = Field(default=advisor_defaults.MIN_HISTORY, ge=1, le=10_000, description="Observations of a task before the learned model answers for it.")
+    confidenceThreshold: float = Field(default=advisor_defaults.CONFIDENCE_THRESHOLD, ge=0, le=1, description="Below this confidence the percentile advisor answers.")
     retrainInterval: Duration = Field(default="1h", description="Retrain at most this often, e.g. 30m, 1h, 6h.")
     newRecordThreshold: int = Field(default=1000, ge=1, description="Retrain early once this many new records arrived.")
     telemetry: TelemetrySource = Field(default_factory=TelemetrySource)
@@ -235,17 +235,36 @@ class PrometheusSource(_Spec):
 
 
 class Scaling(_Spec):
+    """How the group sizes follow the queue; the defaults are the library's (ScalerConfig)."""
 
-    model_config = ConfigDict(**_Spec.model_config, json_schema_extra=_cel(
+    model_config = ConfigDict(**_Spec.model_config, json_schema_extra={"x-kubernetes-validations": [
         # has(): the API server also checks the rule against the schema default {}, before field defaults
-        "!has(self.scaleDownThreshold) || !has(self.scaleUpThreshold) || self.scaleDownThreshold < self.scaleUpThreshold",
-        "scaleDownThreshold must be below scaleUpThreshold",
-    ))
+        {"rule": "!has(self.scaleDownThreshold) || !has(self.scaleUpThreshold) || self.scaleDownThreshold < self.scaleUpThreshold",
+         "message": "scaleDownThreshold must be below scaleUpThreshold"},
+        {"rule": "!has(self.targetUtilisation) || ((has(self.scaleDownThreshold) ? self.scaleDownThreshold : "
+                 f"{SCALER_DEFAULTS.scale_down_threshold}) <= self.targetUtilisation && self.targetUtilisation <= "
+                 f"(has(self.scaleUpThreshold) ? self.scaleUpThreshold : {SCALER_DEFAULTS.scale_up_threshold}))",
+         "message": "targetUtilisation must lie between scaleDownThreshold and scaleUpThreshold"},
+    ]})
 
     mode: ScalingMode = Field(default=ScalingMode.Predictive)
-    scaleUpThreshold: float = Field(default=0.8, gt=0, le=10)
-    scaleDownThreshold: float = Field(default=0.3, gt=0, le=10)
-    cooldownSeconds: int = Field(default=60, ge=0, le=86_400)
+    scaleUpThreshold: float = Field(default=SCALER_DEFAULTS.scale_up_threshold, gt=0, le=10,
+                                    description="Scale up when tasks in flight / (workers x threads) exceeds this.")
+    scaleDownThreshold: float = Field(default=SCALER_DEFAULTS.scale_down_threshold, gt=0, le=10,
+                                      description="Scale down when utilisation falls below this.")
+    targetUtilisation: float | None = Field(default=None, gt=0, le=10,
+                                            description="Utilisation a scaling step aims at; default midway between the thresholds.")
+    cooldownSeconds: int = Field(default=int(SCALER_DEFAULTS.cooldown_seconds), ge=0, le=86_400,
+                                 description="A group changes at most this often, except a scale-up right after a scale-down.")
+    workerStartupSeconds: float = Field(default=SCALER_DEFAULTS.worker_startup_seconds, ge=0, le=3_600,
+                                        description="How long a new worker pod takes to join the scheduler.")
+    horizonSeconds: float | None = Field(default=None, gt=0, le=86_400,
+                                         description="Predictive look-ahead; default cooldownSeconds + workerStartupSeconds.")
+    minConfidence: float = Field(default=SCALER_DEFAULTS.min_confidence, ge=0, le=1,
+                                 description="Below this advisor confidence, scaling is reactive and says so.")
+    maxScaleUpStep: int | None = Field(default=None, ge=1, le=10_000, description="Most workers added per decision; default unlimited.")
+    maxScaleDownStep: int = Field(default=SCALER_DEFAULTS.max_scale_down_step, ge=1, le=10_000,
+                                  description="Most idle workers retired per decision.")
     pollIntervalSeconds: int = Field(default=15, ge=1, le=3_600)
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
 
@@ -253,6 +272,8 @@ class Scaling(_Spec):
     def _thresholds_in_order(self) -> "Scaling":
         if not self.scaleDownThreshold < self.scaleUpThreshold:
             raise ValueError("scaleDownThreshold must be below scaleUpThreshold")
+        if self.targetUtilisation is not None and not self.scaleDownThreshold <= self.targetUtilisation <= self.scaleUpThreshold:
+            raise ValueError("targetUtilisation must lie between scaleDownThreshold and scaleUpThreshold")
         return self
 
 
@@ -263,9 +284,13 @@ class LocalRef(_Spec):
 class ScalableWorkflowSpec(_Spec):
     """Which Dask cluster to size and scale, from which model, and within which bounds."""
 
-    model_config = ConfigDict(**_Spec.model_config, json_schema_extra=_cel(
-        "self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))", "workerGroups names must be unique"
-    ))
+    model_config = ConfigDict(**_Spec.model_config, json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.workerGroups.all(g, self.workerGroups.exists_one(h, h.name == g.name))",
+         "message": "workerGroups names must be unique"},
+        {"rule": "self.workerGroups.all(g, self.workerGroups.exists_one(h, "
+                 "(has(h.tag) ? h.tag : h.name) == (has(g.tag) ? g.tag : g.name)))",
+         "message": "workerGroups tags (the name when no tag is set) must be unique: each tag has one set of bounds"},
+    ]})
 
 
     clusterRef: LocalRef = Field(description="The DaskCluster in this namespace.")
@@ -278,7 +303,27 @@ class ScalableWorkflowSpec(_Spec):
         names = [g.name for g in self.workerGroups]
         if len(set(names)) != len(names):
             raise ValueError("workerGroups names must be unique")
+        tags = [g.tag or g.name for g in self.workerGroups]
+        if len(set(tags)) != len(tags):
+            raise ValueError("workerGroups tags (the name when no tag is set) must be unique: each tag has one set of bounds")
         return self
+
+    def scaler_config(self) -> ScalerConfig:
+        """The one mapping of this spec onto the library's scaler configuration."""
+        s = self.scaling
+        return ScalerConfig(
+            min_workers={(g.tag or g.name): g.minWorkers for g in self.workerGroups},
+            max_workers={(g.tag or g.name): g.maxWorkers for g in self.workerGroups},
+            scale_up_threshold=s.scaleUpThreshold,
+            scale_down_threshold=s.scaleDownThreshold,
+            target_utilisation=s.targetUtilisation,
+            cooldown_seconds=float(s.cooldownSeconds),
+            worker_startup_seconds=s.workerStartupSeconds,
+            horizon_seconds=s.horizonSeconds,
+            min_confidence=s.minConfidence,
+            max_scale_up_step=s.maxScaleUpStep,
+            max_scale_down_step=s.maxScaleDownStep,
+        )
 
 
 class Recommendation(_Spec):

@@ -8,11 +8,15 @@ Rules that make it safe to run again at any moment, including right after a rest
 * **Decide from what is observed.** The "from" count is the ``spec.worker.replicas`` read in
   this poll, and the target is absolute; a poll repeated after a crash between patch and
   status write re-reads the patched replicas and does not add workers twice.
-* **Cooldown survives restarts.** The time replicas last changed is written in the same
-  patch as the replicas (annotation ``scalable.dev/last-scale`` on the DaskCluster or
-  DaskWorkerGroup) and then in ``status.groups[].lastScaleTime``; a fresh scaler (new process)
-  is held back by the later of the two, so even a crash between the replica patch and the
-  status write cannot shorten the cooldown.
+* **The scaler's history is committed only for changes really applied.** The poll passes the
+  workflow's :class:`ScalingHistory` in and returns the one to keep: a hold or a patch refused
+  with a Conflict starts no cooldown. The cooldown rule is the library's, the same the session
+  applies (:mod:`scalable.scaling.cooldown`).
+* **Cooldown survives restarts.** The last change (time, from, to) is written in the same patch
+  as the replicas (annotation ``scalable.dev/last-scale`` on the DaskCluster or
+  DaskWorkerGroup) and then in ``status.groups[].lastScaleTime``; a fresh process rebuilds the
+  history from the later of the two, so even a crash between the replica patch and the status
+  write cannot shorten the cooldown.
 * **Never fight another scaler.** A DaskAutoscaler on the same cluster makes the poll hold with
   ``Scaling=False, reason=ConflictingAutoscaler``.
 * **Degrade, never guess.** Prometheus unavailable -> the scheduler's own ``/metrics`` ->
@@ -40,10 +44,11 @@ from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
 from scalable.controller.timestamps import parse_time, precise_time
 from scalable.scaling.decision import TagDecision
+from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.units import QuantityError, parse_cpu
 
-__all__ = ["ANNOTATION_LAST_SCALE", "GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets"]
+__all__ = ["ANNOTATION_LAST_SCALE", "GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets", "restore_history"]
 
 #: on the DaskCluster / DaskWorkerGroup, written atomically with the replicas it explains
 ANNOTATION_LAST_SCALE = "scalable.dev/last-scale"
@@ -84,16 +89,20 @@ class GroupTarget:
     def resource_version(self) -> str:
         return self.obj["metadata"]["resourceVersion"]
 
-    def last_scale(self, workflow_key: str) -> float | None:
-        """When this workflow last changed these replicas, from the annotation written with them."""
+    def last_scale(self, workflow_key: str) -> tuple[float | None, str | None]:
+        """When this workflow last changed these replicas and which way, from the annotation
+        written with them; ``(None, None)`` when there is none of this workflow's."""
         note = ((self.obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_LAST_SCALE)
         try:
             data = json.loads(note) if note else {}
         except ValueError:
-            return None
-        if data.get("workflow") != workflow_key:
-            return None
-        return parse_time(data.get("time"))
+            return None, None
+        if not isinstance(data, dict) or data.get("workflow") != workflow_key:
+            return None, None
+        action = None
+        if isinstance(data.get("from"), int) and isinstance(data.get("to"), int) and data["from"] != data["to"]:
+            action = "scale_up" if data["to"] > data["from"] else "scale_down"
+        return parse_time(data.get("time")), action
 
     def threads_per_worker(self) -> int:
         """Dask gives a worker one thread per CPU of its limit; 1 when nothing is set."""
@@ -112,13 +121,17 @@ class GroupTarget:
 
 @dataclass
 class PollResult:
-    """What one poll found and did; ``conditions`` are (type, status, reason, message)."""
+    """What one poll found and did; ``conditions`` are (type, status, reason, message).
+
+    ``history`` is the scaler history to pass to the next poll (None: keep the one passed in).
+    """
 
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     decisions: list[TagDecision] = field(default_factory=list)
     metrics: QueueMetrics | None = None
+    history: ScalingHistory | None = None
 
     def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
         self.conditions.append({"type": type_, "status": status, "reason": reason, "message": message})
@@ -126,17 +139,25 @@ class PollResult:
 
 def make_scaler(spec: ScalableWorkflowSpec, advisor: Any = None) -> AdaptiveScaler:
     """The AdaptiveScaler for a workflow's spec; ``advisor`` only in Predictive mode."""
-    tags = {(g.tag or g.name): g for g in spec.workerGroups}
-    s = spec.scaling
-    return AdaptiveScaler(
-        advisor=advisor if s.mode == "Predictive" else None,
-        min_workers={tag: g.minWorkers for tag, g in tags.items()},
-        max_workers={tag: g.maxWorkers for tag, g in tags.items()},
-        scale_up_threshold=s.scaleUpThreshold,
-        scale_down_threshold=s.scaleDownThreshold,
-        cooldown_seconds=s.cooldownSeconds,
-        horizon_seconds=max(30.0, 2.0 * s.pollIntervalSeconds),
-    )
+    return AdaptiveScaler(advisor=advisor if spec.scaling.mode == "Predictive" else None, config=spec.scaler_config())
+
+
+def restore_history(history: ScalingHistory, targets: list[GroupTarget], previous_status: Mapping[str, Mapping[str, Any]],
+                    workflow_key: str) -> ScalingHistory:
+    """The history with each group's last persisted change, where it is later than what is known.
+
+    The annotation is written with the replicas and says which way they moved; the status's
+    ``lastScaleTime`` comes after it and says only when (an unknown direction holds every
+    change for a cooldown).
+    """
+    for target in targets:
+        tag = target.group.tag or target.group.name
+        noted, action = target.last_scale(workflow_key)
+        history = history.with_persisted_change(tag, noted, action)
+        status_time = parse_time((previous_status.get(target.group.name) or {}).get("lastScaleTime"))
+        if status_time is not None and (noted is None or status_time > noted + 1e-3):
+            history = history.with_persisted_change(tag, status_time, None)
+    return history
 
 
 async def resolve_targets(kube: KubeClient, namespace: str, spec: ScalableWorkflowSpec) -> tuple[dict[str, Any] | None, list[GroupTarget], list[str]]:
@@ -177,23 +198,6 @@ def _shares(targets: list[GroupTarget]) -> dict[str, float]:
     return {t.group.name: max(1, t.group.maxWorkers) / total for t in targets}
 
 
-def _with_cooldown(decision: TagDecision, last_scale: float | None, cooldown: float, now: float,
-                   low: int, high: int) -> TagDecision:
-    """Hold a change that the persisted cooldown forbids (bound repairs excepted)."""
-    if decision.action == "hold" or last_scale is None or now - last_scale >= cooldown:
-        return decision
-    repairing = decision.from_workers < low or decision.from_workers > high
-    if repairing:
-        return decision
-    left = cooldown - (now - last_scale)
-    return TagDecision(
-        tag=decision.tag, action="hold", from_workers=decision.from_workers, to_workers=decision.from_workers,
-        reason=f"{decision.reason}; last scaled {now - last_scale:.0f}s ago, in cooldown for {left:.0f}s more",
-        mode=decision.mode, utilisation=decision.utilisation, queued=decision.queued, processing=decision.processing,
-        predicted_load=decision.predicted_load, confidence=decision.confidence,
-    )
-
-
 def _conflicting_autoscaler(autoscalers: list[dict[str, Any]], cluster: str) -> str | None:
     for autoscaler in autoscalers:
         if (autoscaler.get("spec") or {}).get("cluster") == cluster:
@@ -219,8 +223,13 @@ async def _read_metrics(deps: PollDeps, namespace: str, cluster: str, spec: Scal
     return None
 
 
-async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveScaler, now: float) -> PollResult:
-    """Read, decide and (if allowed) patch replicas once. Status is the caller's to write."""
+async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveScaler, now: float,
+                    history: ScalingHistory | None = None) -> PollResult:
+    """Read, decide and (if allowed) patch replicas once. Status is the caller's to write.
+
+    ``history`` is the one the last poll returned (``result.history``); a new process passes
+    None and the poll rebuilds it from the annotations and the status.
+    """
     namespace = body["metadata"]["namespace"]
     spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
     status = body.get("status") or {}
@@ -285,15 +294,14 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
             "task": g.task,
             "input_features": _features(g),
         }
-    decision = scaler.evaluate(snapshot, now)
+    history = restore_history(history or ScalingHistory(), targets, previous, workflow_key)
+    decision = scaler.evaluate(snapshot, now, history)
+    applied: list[str] = []
 
     acted = False
     for tag, tag_decision in decision.tags.items():
         target = by_tag[tag]
         g = target.group
-        known = [t for t in (parse_time((previous.get(g.name) or {}).get("lastScaleTime")), target.last_scale(workflow_key)) if t]
-        last_scale = max(known) if known else None
-        tag_decision = _with_cooldown(tag_decision, last_scale, spec.scaling.cooldownSeconds, now, g.minWorkers, g.maxWorkers)
         if len(targets) > 1 and not per_group and tag_decision.action != "hold":
             tag_decision = _annotated(tag_decision, f" (cluster queue split by maxWorkers: {shares[g.name]:.0%} to group {g.name!r})")
         group_status = result.groups[g.name]
@@ -309,6 +317,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
                 group_status["desiredReplicas"] = target.replicas
                 continue
             acted = True
+            applied.append(tag)
             group_status["lastScaleTime"] = precise_time(now)
             group_status["currentReplicas"] = tag_decision.to_workers
             verb = "ScaledUp" if tag_decision.action == "scale_up" else "ScaledDown"
@@ -320,6 +329,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
             "queued": float(tag_decision.queued), "processing": float(tag_decision.processing),
         }
         result.decisions.append(tag_decision)
+    result.history = decision.commit(applied)
     if not problems and not any(c["type"] == "Scaling" and c["status"] is not True for c in result.conditions):
         source = result.metrics.source if result.metrics else "none"
         mode = next(iter(decision.tags.values())).mode if decision.tags else "hold"

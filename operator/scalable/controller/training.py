@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scalable.advising import defaults
 from scalable.controller.storage import TelemetryRoot
 
 __all__ = [
@@ -141,7 +142,7 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
         frame = frame[frame["task"].isin(tasks)]
     frame = frame.sort_values("end_time", kind="stable").tail(int(request.get("max_records") or 1_000_000))
     records, runs = int(len(frame)), int(frame["run_id"].nunique()) if len(frame) else 0
-    min_history = int(request.get("min_history") or 5)
+    min_history = int(request.get("min_history") or defaults.MIN_HISTORY)
     per_task = frame["task"].value_counts() if len(frame) else None
     enough = int((per_task >= min_history).sum()) if per_task is not None else 0
     base = {"records": records, "runs": runs, "seconds": 0.0}
@@ -152,10 +153,10 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
         base["seconds"] = time.perf_counter() - started
         return base
     advisor = LearnedAdvisor(
-        model_type=request.get("model_type", "gradient_boosting"),
-        coverage=float(request.get("coverage", 0.95)),
+        model_type=request.get("model_type", defaults.MODEL_TYPE),
+        coverage=float(request.get("coverage", defaults.COVERAGE)),
         min_history=min_history,
-        confidence_threshold=float(request.get("confidence_threshold", 0.5)),
+        confidence_threshold=float(request.get("confidence_threshold", defaults.CONFIDENCE_THRESHOLD)),
     ).fit(frame)
     quality = _clean(advisor.quality)
     digest = f"{records}:{float(frame['end_time'].max()):.3f}"

@@ -37,6 +37,7 @@ from scalable.controller.scaling_loop import (
     poll_once,
     resolve_targets,
 )
+from scalable.scaling.history import ScalingHistory
 from scalable.units import format_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
@@ -167,6 +168,7 @@ class WorkflowLoop:
         self.name = name
         self.scaler = None
         self.scaler_key: tuple | None = None
+        self.history: ScalingHistory | None = None
         self.sized_key: tuple | None = None
         self.sized_at = 0.0
         self.observed_at = 0.0
@@ -283,7 +285,9 @@ class WorkflowLoop:
 
         deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record,
                         autoscalers=rt.autoscalers)
-        poll = await poll_once(deps, body, self.scaler, now)
+        poll = await poll_once(deps, body, self.scaler, now, self.history)
+        if poll.history is not None:
+            self.history = poll.history
         updates += poll.conditions
         events += poll.events
         for decision in poll.decisions:

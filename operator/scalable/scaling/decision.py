@@ -6,9 +6,11 @@ the operator) and whoever records it (telemetry, a status field, an Event) share
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalable.scaling.history import ScalingHistory
 from scalable.telemetry.schema import ScalingDecisionRecord
 
 __all__ = ["Action", "Mode", "TagDecision", "ScalingDecision"]
@@ -65,10 +67,34 @@ class TagDecision:
 
 @dataclass(frozen=True)
 class ScalingDecision:
-    """The decision for a whole snapshot: one :class:`TagDecision` per tag."""
+    """The decision for a whole snapshot: one :class:`TagDecision` per tag.
+
+    ``observed`` is the scaler's history with this snapshot observed and no change applied;
+    :meth:`commit` turns it into the history for the next decision.
+    """
 
     time: float
     tags: dict[str, TagDecision] = field(default_factory=dict)
+    observed: ScalingHistory = field(default_factory=ScalingHistory, repr=False, compare=False)
+
+    def commit(self, applied: Iterable[str]) -> ScalingHistory:
+        """The history after the caller applied the changes of the tags ``applied``.
+
+        Only tags whose change really happened belong there: not a hold, not a patch that was
+        refused; the cooldown of the others does not start.
+        """
+        changes = []
+        for tag in applied:
+            decision = self.tags[tag]
+            if decision.action == "hold":
+                raise ValueError(f"tag {tag!r} was held; there is no change to commit")
+            changes.append((tag, decision.action, self.time))
+        return self.observed.applied(changes)
+
+    @property
+    def changes(self) -> list[str]:
+        """The tags whose decision is a change (scale-up or scale-down)."""
+        return [tag for tag, d in self.tags.items() if d.action != "hold"]
 
     @property
     def targets(self) -> dict[str, int]:

@@ -35,18 +35,19 @@ class ArrivalForecaster:
     always supplies the counter.
 
     ``half_life_s`` is how long the level takes to forget half of an old rate;
-    ``trend_half_life_s`` the same for the trend. The forecast never goes below zero, and
+    ``trend_half_life_s`` the same for the trend. ``state`` resumes from an earlier
+    forecaster's :attr:`state` (the scaler keeps it in its history, not in the forecaster). The forecast never goes below zero, and
     neither does the rate the damped trend leads to: a falling trend is cut where it
     would, so that a quiet spell after one wave starts the next from zero, not from a
     negative trend left over from the last wave's end.
     """
 
-    def __init__(self, half_life_s: float = 2.0, trend_half_life_s: float = 4.0) -> None:
+    def __init__(self, half_life_s: float = 2.0, trend_half_life_s: float = 4.0, state: HoltState | None = None) -> None:
         if half_life_s <= 0 or trend_half_life_s <= 0:
             raise ValueError("half-lives must be positive")
         self.half_life_s = half_life_s
         self.trend_half_life_s = trend_half_life_s
-        self.state: HoltState | None = None
+        self.state: HoltState | None = state
 
     @staticmethod
     def _weight(dt: float, half_life: float) -> float:

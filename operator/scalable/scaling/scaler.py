@@ -27,12 +27,13 @@ threads per worker); it exceeds 1 when tasks wait. Thresholds apply to it:
   long they are: one thread is all a task can use.
 
 Bounds are never left, and a scale-down never goes below the workers that are busy. A tag
-changes at most once per ``cooldown_seconds`` from its last change, with two exceptions:
-bound repairs, and a scale-up right after a scale-down. The cooldown is there against
-flapping and to give new workers time to arrive; letting it hold tasks back behind a
-scale-down would make the load that returned wait a whole cooldown (AWS target tracking
-interrupts a scale-in cooldown the same way). At most one down-then-up pair fits in a
-cooldown, since the scale-up starts a new one.
+changes at most once per cooldown (:mod:`scalable.scaling.cooldown`, the one rule), bound
+repairs excepted.
+
+The scaler keeps no decision state of its own: :meth:`AdaptiveScaler.evaluate` takes a
+:class:`~scalable.scaling.history.ScalingHistory` and changes nothing, and the caller commits
+the changes it really applied (:meth:`ScalingDecision.commit`). Its configuration is one
+frozen :class:`~scalable.scaling.config.ScalerConfig`.
 """
 
 from __future__ import annotations
@@ -45,14 +46,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from scalable.scaling.config import DEFAULTS, ScalerConfig
+from scalable.scaling.cooldown import cooldown
 from scalable.scaling.decision import ScalingDecision, TagDecision
 from scalable.scaling.forecast import ArrivalForecaster
+from scalable.scaling.history import ScalingHistory, TagHistory
 
 __all__ = ["AdaptiveScaler", "TagSnapshot"]
 
 _CACHE_LIMIT = 4096
-#: added to the cooldown for the default horizon: what it takes a new worker to start and join
-_START_UP_ALLOWANCE_S = 30.0
 #: points of the busy-thread profile over the horizon
 _PROFILE_STEPS = 64
 #: the latest submissions whose mean predicted duration stands for the next arrivals
@@ -114,15 +116,6 @@ class TagSnapshot:
         return min(self.workers, self.demand)
 
 
-@dataclass
-class _TagState:
-    forecaster: ArrivalForecaster
-    last_change: float | None = None
-    last_action: str | None = None
-    last_prediction: "_Prediction | None" = None
-    last_demand: int = 0
-
-
 @dataclass(frozen=True)
 class _Prediction:
     """Predicted durations of the tag's tasks in flight, and of the ones about to arrive.
@@ -144,120 +137,50 @@ class _Prediction:
 class AdaptiveScaler:
     """Decides worker counts per tag; see the module docstring for the rules.
 
-    ``worker_startup_seconds`` is how long a worker asked for now takes to join (30 s by
-    default, a pod's; a local worker process takes a second or two). ``horizon_seconds``
-    defaults to the cooldown plus that: what arrives before the scaler can act again and a
-    new worker has joined is what it must provision for now.
-    ``min_workers`` and ``max_workers`` are an int for every tag or a dict per tag (a dict
-    may carry ``"*"`` as the default); a tag with no bounds is held. ``advisor`` is any
-    object with ``recommend_batch([{"task", "input_features"}])`` returning
-    recommendations with ``predicted_duration_s`` and ``confidence`` (the LearnedAdvisor).
+    ``config`` is a :class:`ScalerConfig` (the library's defaults when omitted); keyword
+    settings (``min_workers=2, cooldown_seconds=30``, any field of ScalerConfig) change it.
+    ``advisor`` is any object with ``recommend_batch([{"task", "input_features"}])``
+    returning recommendations with ``predicted_duration_s`` and ``confidence`` (the
+    LearnedAdvisor); without one the scaler is reactive.
     """
 
-    def __init__(
-        self,
-        advisor: Any = None,
-        min_workers: int | Mapping[str, int] = 0,
-        max_workers: int | Mapping[str, int] = 10,
-        scale_up_threshold: float = 0.8,
-        scale_down_threshold: float = 0.3,
-        cooldown_seconds: float = 60.0,
-        *,
-        target_utilisation: float | None = None,
-        horizon_seconds: float | None = None,
-        min_confidence: float = 0.5,
-        max_scale_up_step: int | None = None,
-        max_scale_down_step: int = 1,
-        forecast_half_life_s: float = 2.0,
-        worker_startup_seconds: float = _START_UP_ALLOWANCE_S,
-    ) -> None:
-        if not 0 < scale_down_threshold < scale_up_threshold:
-            raise ValueError(
-                f"need 0 < scale_down_threshold < scale_up_threshold, got {scale_down_threshold} and {scale_up_threshold}"
-            )
-        if worker_startup_seconds < 0:
-            raise ValueError(f"worker_startup_seconds must be >= 0, got {worker_startup_seconds}")
-        if horizon_seconds is None:
-            horizon_seconds = cooldown_seconds + worker_startup_seconds
-        if cooldown_seconds < 0 or horizon_seconds <= 0:
-            raise ValueError("cooldown_seconds must be >= 0 and horizon_seconds > 0")
-        if max_scale_down_step < 1 or (max_scale_up_step is not None and max_scale_up_step < 1):
-            raise ValueError("scale steps must be >= 1")
-        if not 0 <= min_confidence <= 1:
-            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    def __init__(self, advisor: Any = None, config: ScalerConfig | None = None, **settings: Any) -> None:
         self.advisor = advisor
-        self.min_workers = min_workers
-        self.max_workers = max_workers
-        self.scale_up_threshold = scale_up_threshold
-        self.scale_down_threshold = scale_down_threshold
-        self.cooldown_seconds = cooldown_seconds
-        self.target_utilisation = (
-            target_utilisation if target_utilisation is not None else (scale_up_threshold + scale_down_threshold) / 2
-        )
-        if not scale_down_threshold <= self.target_utilisation <= scale_up_threshold:
-            raise ValueError("target_utilisation must lie between the two thresholds")
-        self.horizon_seconds = horizon_seconds
-        self.min_confidence = min_confidence
-        self.max_scale_up_step = max_scale_up_step
-        self.max_scale_down_step = max_scale_down_step
-        self.forecast_half_life_s = forecast_half_life_s
-        self.worker_startup_seconds = worker_startup_seconds
-        self._states: dict[str, _TagState] = {}
+        self.config = (config or DEFAULTS).with_changes(**settings) if settings else (config or DEFAULTS)
         self._predictions: dict[tuple, tuple[float | None, float]] = {}
-        self._check_bounds()
-
-    def _check_bounds(self) -> None:
-        tags = set()
-        for bound in (self.min_workers, self.max_workers):
-            if isinstance(bound, Mapping):
-                tags |= set(bound)
-        for tag in tags or {"*"}:
-            low, high = self.bounds(tag)
-            if low is None or high is None:
-                continue
-            if low < 0 or high < low:
-                raise ValueError(f"tag {tag!r}: need 0 <= min_workers <= max_workers, got {low} and {high}")
-
-    @staticmethod
-    def _bound(bound: int | Mapping[str, int], tag: str) -> int | None:
-        if isinstance(bound, Mapping):
-            value = bound.get(tag, bound.get("*"))
-            return None if value is None else int(value)
-        return int(bound)
 
     def bounds(self, tag: str) -> tuple[int | None, int | None]:
         """(min, max) workers for ``tag``; None where the configuration has none."""
-        low = self._bound(self.min_workers, tag)
-        high = self._bound(self.max_workers, tag)
-        if low is None and high is not None:
-            low = 0
-        return low, high
+        return self.config.bounds(tag)
 
-    def evaluate(self, snapshot: Mapping[str, Any], now: float | None = None) -> ScalingDecision:
+    def evaluate(self, snapshot: Mapping[str, Any], now: float | None = None,
+                 history: ScalingHistory | None = None) -> ScalingDecision:
         """Decide a target per tag in ``snapshot`` (tag -> queue state) at time ``now``.
 
-        The scaler assumes every non-hold target is applied: the tag's cooldown starts now.
+        ``history`` is what :meth:`ScalingDecision.commit` returned last time (empty when
+        omitted); it is not changed. Apply the decision, then commit what was applied.
         """
         now = _time.time() if now is None else float(now)
-        decisions = {}
+        history = history or ScalingHistory()
+        half_life = self.config.forecast_half_life_seconds
+        decisions, observed = {}, {}
         for tag, raw in snapshot.items():
             snap = TagSnapshot.of(raw)
-            state = self._states.get(tag)
-            if state is None:
-                state = self._states[tag] = _TagState(ArrivalForecaster(self.forecast_half_life_s, 2 * self.forecast_half_life_s))
+            past = history.of(tag)
+            forecaster = ArrivalForecaster(half_life, 2 * half_life, state=past.forecast)
             submitted = snap.submitted
             if submitted is None:
-                previous = state.forecaster.state.submitted if state.forecaster.state else 0
-                submitted = previous + max(0, snap.demand - state.last_demand)
-            state.forecaster.observe(now, submitted)
-            state.last_demand = snap.demand
-            decision = self._decide(tag, snap, state, now)
-            if decision.action != "hold":
-                state.last_change, state.last_action = now, decision.action
+                previous = past.forecast.submitted if past.forecast else 0
+                submitted = previous + max(0, snap.demand - past.last_demand)
+            forecaster.observe(now, submitted)
+            decision, prediction = self._decide(tag, snap, past, forecaster, now)
             decisions[tag] = decision
-        return ScalingDecision(time=now, tags=decisions)
+            observed[tag] = replace(past, forecast=forecaster.state, last_demand=snap.demand,
+                                    last_prediction=prediction if prediction is not None else past.last_prediction)
+        return ScalingDecision(time=now, tags=decisions, observed=history.with_tags(observed))
 
-    def _decide(self, tag: str, snap: TagSnapshot, state: _TagState, now: float) -> TagDecision:
+    def _decide(self, tag: str, snap: TagSnapshot, past: TagHistory, forecaster: ArrivalForecaster,
+                now: float) -> tuple[TagDecision, "_Prediction | None"]:
         low, high = self.bounds(tag)
         util = self._utilisation(snap.demand, snap.workers * snap.threads_per_worker)
 
@@ -269,50 +192,50 @@ class AdaptiveScaler:
             )
 
         if high is None:
-            return make("hold", snap.workers, f"no min/max workers configured for tag {tag!r}; holding", "hold")
+            return make("hold", snap.workers, f"no min/max workers configured for tag {tag!r}; holding", "hold"), None
         if snap.workers < low:
-            return make("scale_up", low, f"{snap.workers} workers is below the minimum {low}", "reactive")
+            return make("scale_up", low, f"{snap.workers} workers is below the minimum {low}", "reactive"), None
         if snap.workers > high:
             return make(
                 "scale_down", high,
                 f"{snap.workers} workers is above the maximum {high}; idle workers retire first, busy ones when they finish",
                 "reactive",
-            )
+            ), None
 
-        prediction, fallback = self._predict(snap, state, now)
+        prediction, fallback = self._predict(snap, past, now)
         if prediction is None:
             wanted, why = self._reactive(snap, util)
             mode, load, confidence = "reactive", None, None
             why = f"{fallback}; {why}"
         else:
-            wanted, why, load = self._predictive(snap, util, prediction, state)
+            wanted, why, load = self._predictive(snap, util, prediction, forecaster)
             mode, confidence = "predictive", prediction.confidence
 
         if wanted is None or wanted == snap.workers:
-            return make("hold", snap.workers, why, mode, load, confidence)
+            return make("hold", snap.workers, why, mode, load, confidence), prediction
         if wanted > snap.workers:
-            if self.max_scale_up_step is not None:
-                wanted = min(wanted, snap.workers + self.max_scale_up_step)
+            if self.config.max_scale_up_step is not None:
+                wanted = min(wanted, snap.workers + self.config.max_scale_up_step)
             target = min(wanted, high)
             if target < wanted:
                 why += f"; capped at the maximum {high}"
         else:
-            floor = max(low, snap.busy_workers, snap.workers - self.max_scale_down_step)
+            floor = max(low, snap.busy_workers, snap.workers - self.config.max_scale_down_step)
             target = max(wanted, floor)
             if target > wanted:
-                why += f"; gradual and graceful: down to {target} (min {low}, {snap.busy_workers} busy, step {self.max_scale_down_step})"
+                why += f"; gradual and graceful: down to {target} (min {low}, {snap.busy_workers} busy, step {self.config.max_scale_down_step})"
         if target == snap.workers:
-            return make("hold", snap.workers, why, mode, load, confidence)
+            return make("hold", snap.workers, why, mode, load, confidence), prediction
         action = "scale_up" if target > snap.workers else "scale_down"
-        reverses_scale_down = action == "scale_up" and state.last_action == "scale_down"
-        if state.last_change is not None and now - state.last_change < self.cooldown_seconds and not reverses_scale_down:
-            left = self.cooldown_seconds - (now - state.last_change)
+        verdict = cooldown(action, past.last_change, past.last_action, now, self.config.cooldown_seconds)
+        if not verdict.allowed:
             return make(
-                "hold", snap.workers, f"{why}; in cooldown for {left:.0f}s more, holding at {snap.workers}", mode, load, confidence
-            )
-        if reverses_scale_down and state.last_change is not None and now - state.last_change < self.cooldown_seconds:
-            why += "; a scale-down in cooldown does not hold back a scale-up"
-        return make(action, target, why, mode, load, confidence)
+                "hold", snap.workers, f"{why}; in cooldown for {verdict.seconds_left:.0f}s more, holding at {snap.workers}",
+                mode, load, confidence,
+            ), prediction
+        if verdict.note:
+            why += f"; {verdict.note}"
+        return make(action, target, why, mode, load, confidence), prediction
 
     @staticmethod
     def _utilisation(demand: float, capacity: int) -> float:
@@ -321,7 +244,7 @@ class AdaptiveScaler:
         return math.inf if demand > 0 else 0.0
 
     def _workers_for(self, busy_threads: float, threads: int) -> int:
-        return math.ceil(round(busy_threads / (threads * self.target_utilisation), 9))
+        return math.ceil(round(busy_threads / (threads * self.config.utilisation_target), 9))
 
     def _reactive(self, snap: TagSnapshot, util: float) -> tuple[int | None, str]:
         capacity = snap.workers * snap.threads_per_worker
@@ -332,13 +255,13 @@ class AdaptiveScaler:
         if snap.demand == 0 and capacity == 0:
             return None, "no tasks and no workers"
         wanted = self._workers_for(snap.demand, snap.threads_per_worker)
-        if util > self.scale_up_threshold:
-            return wanted, f"{seen} above {self.scale_up_threshold}; {wanted} workers bring it to {self.target_utilisation:.2f}"
-        if util < self.scale_down_threshold:
-            return wanted, f"{seen} below {self.scale_down_threshold}"
-        return None, f"{seen} within [{self.scale_down_threshold}, {self.scale_up_threshold}]"
+        if util > self.config.scale_up_threshold:
+            return wanted, f"{seen} above {self.config.scale_up_threshold}; {wanted} workers bring it to {self.config.utilisation_target:.2f}"
+        if util < self.config.scale_down_threshold:
+            return wanted, f"{seen} below {self.config.scale_down_threshold}"
+        return None, f"{seen} within [{self.config.scale_down_threshold}, {self.config.scale_up_threshold}]"
 
-    def _predict(self, snap: TagSnapshot, state: _TagState, now: float) -> tuple[_Prediction | None, str]:
+    def _predict(self, snap: TagSnapshot, past: TagHistory, now: float) -> tuple[_Prediction | None, str]:
         """Predicted durations of this tag's tasks and the confidence, or why there are none."""
         if self.advisor is None:
             return None, "reactive: no advisor"
@@ -347,8 +270,8 @@ class AdaptiveScaler:
         if not items and snap.task:
             items = [{"task": snap.task, "input_features": dict(snap.input_features)}]
         if not items:
-            if state.last_prediction is not None and snap.demand == 0:
-                return replace(state.last_prediction, running=(), queued=()), ""
+            if past.last_prediction is not None and snap.demand == 0:
+                return replace(past.last_prediction, running=(), queued=()), ""
             return None, "reactive: no task name to predict durations for"
         try:
             results = self._recommend(items)
@@ -358,8 +281,8 @@ class AdaptiveScaler:
         if any(d is None for d in durations):
             return None, "reactive: advisor has no duration prediction for these tasks"
         confidence = sum(c for _, c in results) / len(results)
-        if confidence < self.min_confidence:
-            return None, f"reactive: advisor confidence {confidence:.2f} below {self.min_confidence:.2f}"
+        if confidence < self.config.min_confidence:
+            return None, f"reactive: advisor confidence {confidence:.2f} below {self.config.min_confidence:.2f}"
         mean = sum(durations) / len(durations)
         running: list[tuple[float, float | None]] = []
         queued: list[float] = []
@@ -377,10 +300,7 @@ class AdaptiveScaler:
         running = running[: snap.processing] + [(mean, None)] * max(0, snap.processing - len(running))
         queued = queued[: snap.queued] + [mean] * max(0, snap.queued - len(queued))
         recent = durations[-_RECENT_TASKS:]
-        state.last_prediction = _Prediction(
-            mean, confidence, len(items), tuple(running), tuple(queued), sum(recent) / len(recent)
-        )
-        return state.last_prediction, ""
+        return _Prediction(mean, confidence, len(items), tuple(running), tuple(queued), sum(recent) / len(recent)), ""
 
     def _recommend(self, items: list[dict]) -> list[tuple[float | None, float]]:
         keys = [(i["task"], tuple(sorted((k, repr(v)) for k, v in i["input_features"].items()))) for i in items]
@@ -411,8 +331,8 @@ class AdaptiveScaler:
         ``u`` keeps a thread busy from ``u`` for the predicted duration of the latest
         submissions.
         """
-        horizon = self.horizon_seconds
-        lead = min(self.worker_startup_seconds, horizon)
+        horizon = self.config.horizon
+        lead = min(self.config.worker_startup_seconds, horizon)
         starts: list[float] = []
         ends: list[float] = []
 
@@ -470,12 +390,12 @@ class AdaptiveScaler:
         return max(busy(x) for x in points)
 
     def _predictive(
-        self, snap: TagSnapshot, util: float, prediction: _Prediction, state: _TagState
+        self, snap: TagSnapshot, util: float, prediction: _Prediction, forecaster: ArrivalForecaster
     ) -> tuple[int | None, str, float]:
-        horizon = self.horizon_seconds
-        lead = min(self.worker_startup_seconds, horizon)
-        arriving = state.forecaster.arrivals(horizon)
-        load = self._peak_load(snap, prediction, state.forecaster)
+        horizon = self.config.horizon
+        lead = min(self.config.worker_startup_seconds, horizon)
+        arriving = forecaster.arrivals(horizon)
+        load = self._peak_load(snap, prediction, forecaster)
         capacity = snap.workers * snap.threads_per_worker
         predicted_util = self._utilisation(load, capacity)
         tasks = snap.queued + snap.processing + math.ceil(arriving)
@@ -487,13 +407,13 @@ class AdaptiveScaler:
             f"{horizon:.0f}s ({prediction.arrival_duration_s:.2f}s each) keep up to {load:.2f} threads busy once a new "
             f"worker could join ({lead:.0f}s), on capacity {capacity} (utilisation {predicted_util:.2f})"
         )
-        if predicted_util > self.scale_up_threshold:
-            return wanted, f"{seen} above {self.scale_up_threshold}; {wanted} workers bring it to {self.target_utilisation:.2f}", load
-        if predicted_util < self.scale_down_threshold and util < self.scale_down_threshold:
-            return min(wanted, snap.workers), f"{seen} below {self.scale_down_threshold}", load
-        if util > self.scale_up_threshold:
+        if predicted_util > self.config.scale_up_threshold:
+            return wanted, f"{seen} above {self.config.scale_up_threshold}; {wanted} workers bring it to {self.config.utilisation_target:.2f}", load
+        if predicted_util < self.config.scale_down_threshold and util < self.config.scale_down_threshold:
+            return min(wanted, snap.workers), f"{seen} below {self.config.scale_down_threshold}", load
+        if util > self.config.scale_up_threshold:
             return None, f"{seen}: the current workers clear the queue (utilisation {util:.2f}) before a new worker could join", load
-        return None, f"{seen} within [{self.scale_down_threshold}, {self.scale_up_threshold}]", load
+        return None, f"{seen} within [{self.config.scale_down_threshold}, {self.config.scale_up_threshold}]", load
 
 
 def _interpolate(xs: list[float], ys: list[float], x: float) -> float:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scalable.scaling.config import DEFAULTS, LOCAL_WORKER_STARTUP_SECONDS, ScalerConfig
 from scalable.units import QuantityError, parse_cpu, parse_memory
 
 __all__ = ["Manifest", "ManifestError", "WorkerGroup", "load_manifest", "INIT_TEMPLATE", "resource_name"]
@@ -67,29 +68,38 @@ class WorkerGroup(_Model):
 
 
 class ScalingSettings(_Model):
+    """How the groups follow the queue; the defaults are the library's (ScalerConfig)."""
+
     mode: Literal["predictive", "reactive", "off"] = "predictive"
     advisor: Literal["learned", "none"] = Field(
         default="learned", description="learned: train a LearnedAdvisor on the telemetry dir at start"
     )
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
-    scale_up_threshold: float = Field(default=0.8, gt=0)
-    scale_down_threshold: float = Field(default=0.3, gt=0)
-    cooldown_seconds: float = Field(default=60.0, ge=0)
+    scale_up_threshold: float = Field(default=DEFAULTS.scale_up_threshold, gt=0)
+    scale_down_threshold: float = Field(default=DEFAULTS.scale_down_threshold, gt=0)
+    target_utilisation: float | None = Field(default=None, gt=0, description="default: midway between the thresholds")
+    cooldown_seconds: float = Field(default=DEFAULTS.cooldown_seconds, ge=0)
     horizon_seconds: float | None = Field(
         default=None, gt=0, description="default: cooldown_seconds + worker_startup_seconds"
     )
     worker_startup_seconds: float | None = Field(
         default=None, ge=0, le=3600,
-        description="how long a new worker takes to join; default 5 for the local target, 30 for kubernetes",
+        description=f"how long a new worker takes to join; default {LOCAL_WORKER_STARTUP_SECONDS:g} for the local target, "
+        f"{DEFAULTS.worker_startup_seconds:g} for kubernetes",
     )
-    min_confidence: float = Field(default=0.5, ge=0, le=1)
-    max_scale_down_step: int = Field(default=1, ge=1)
+    min_confidence: float = Field(default=DEFAULTS.min_confidence, ge=0, le=1)
+    max_scale_up_step: int | None = Field(default=None, ge=1, description="default: unlimited")
+    max_scale_down_step: int = Field(default=DEFAULTS.max_scale_down_step, ge=1)
 
     @model_validator(mode="after")
     def _thresholds(self) -> "ScalingSettings":
         if self.scale_down_threshold >= self.scale_up_threshold:
             raise ValueError(
                 f"scale_down_threshold ({self.scale_down_threshold}) must be below scale_up_threshold ({self.scale_up_threshold})"
+            )
+        if self.target_utilisation is not None and not self.scale_down_threshold <= self.target_utilisation <= self.scale_up_threshold:
+            raise ValueError(
+                f"target_utilisation ({self.target_utilisation}) must lie between scale_down_threshold and scale_up_threshold"
             )
         return self
 
@@ -122,6 +132,31 @@ class Manifest(_Model):
         if duplicates:
             raise ValueError(f"worker group tags must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+    def scaler_config(self, target: str | None = None) -> ScalerConfig:
+        """The one mapping of this manifest onto the library's scaler configuration.
+
+        ``target`` ("local" or "kubernetes", default the manifest's) chooses the default
+        worker start-up time: a local process's or a pod's.
+        """
+        s = self.scaling
+        startup = s.worker_startup_seconds
+        if startup is None:
+            local = (target or self.target) == "local"
+            startup = LOCAL_WORKER_STARTUP_SECONDS if local else DEFAULTS.worker_startup_seconds
+        return ScalerConfig(
+            min_workers={g.tag: g.workers.min for g in self.worker_groups},
+            max_workers={g.tag: g.workers.max for g in self.worker_groups},
+            scale_up_threshold=s.scale_up_threshold,
+            scale_down_threshold=s.scale_down_threshold,
+            target_utilisation=s.target_utilisation,
+            cooldown_seconds=s.cooldown_seconds,
+            worker_startup_seconds=startup,
+            horizon_seconds=s.horizon_seconds,
+            min_confidence=s.min_confidence,
+            max_scale_up_step=s.max_scale_up_step,
+            max_scale_down_step=s.max_scale_down_step,
+        )
 
     def group(self, tag: str) -> WorkerGroup:
         for group in self.worker_groups:

@@ -32,6 +32,7 @@ from dask.base import tokenize
 from distributed import Client, Future
 
 from scalable.scaling.decision import ScalingDecision
+from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.session.manifest import Manifest, load_manifest, resource_name
 from scalable.session.queue import queue_state
@@ -56,9 +57,6 @@ logger = logging.getLogger(__name__)
 
 _AUTO = "auto"
 _PENDING_LIMIT = 500
-#: default time a new worker takes to join: a local worker process, a Kubernetes pod
-_LOCAL_STARTUP_S = 5.0
-_POD_STARTUP_S = 30.0
 #: decisions kept in memory for inspection; all of them are in the run's telemetry
 _DECISIONS_KEPT = 1000
 
@@ -165,6 +163,7 @@ class ScalableSession:
         self.advisor: Any = None
         self.advisor_note = ""
         self.scaler: AdaptiveScaler | None = None
+        self.history = ScalingHistory()
         self.collector: TelemetryCollector | None = None
         self.writer: RunWriter | None = None
         self.client: ScalableClient | None = None
@@ -209,13 +208,6 @@ class ScalableSession:
             logger.warning("scalable: %s", self.advisor_note)
             return None
 
-    def _worker_startup_seconds(self) -> float:
-        """scalable.yaml's, else what it typically takes: a local process or a pod to join."""
-        configured = self.manifest.scaling.worker_startup_seconds
-        if configured is not None:
-            return configured
-        return _LOCAL_STARTUP_S if self.target_name == "local" else _POD_STARTUP_S
-
     def start(self) -> ScalableClient:
         """Start the cluster, the telemetry run and the scaler; return the client."""
         if self.client is not None:
@@ -223,18 +215,9 @@ class ScalableSession:
         scaling = self.manifest.scaling
         if scaling.mode != "off":
             self.advisor = self._load_advisor()
-            groups = self.manifest.worker_groups
             self.scaler = AdaptiveScaler(
                 advisor=self.advisor if scaling.mode == "predictive" else None,
-                min_workers={g.tag: g.workers.min for g in groups},
-                max_workers={g.tag: g.workers.max for g in groups},
-                scale_up_threshold=scaling.scale_up_threshold,
-                scale_down_threshold=scaling.scale_down_threshold,
-                cooldown_seconds=scaling.cooldown_seconds,
-                horizon_seconds=scaling.horizon_seconds,
-                min_confidence=scaling.min_confidence,
-                max_scale_down_step=scaling.max_scale_down_step,
-                worker_startup_seconds=self._worker_startup_seconds(),
+                config=self.manifest.scaler_config(self.target_name),
             )
         self._target = self._make_target()
         dask_client = self._target.start()
@@ -304,12 +287,20 @@ class ScalableSession:
         """
         assert self.scaler is not None and self.client is not None
         snapshot, idle = self.snapshot()
-        decision = self.scaler.evaluate(snapshot, now=now)
-        for tag, tag_decision in decision.tags.items():
-            if tag_decision.action == "scale_up":
-                self._target.scale_up(tag, tag_decision.to_workers - tag_decision.from_workers)
-            elif tag_decision.action == "scale_down":
-                self._target.retire(self.client.dask, tag, idle[tag], tag_decision.retire)
+        decision = self.scaler.evaluate(snapshot, now=now, history=self.history)
+        applied = []
+        for tag in decision.changes:
+            tag_decision = decision.tags[tag]
+            try:
+                if tag_decision.action == "scale_up":
+                    self._target.scale_up(tag, tag_decision.to_workers - tag_decision.from_workers)
+                else:
+                    self._target.retire(self.client.dask, tag, idle[tag], tag_decision.retire)
+            except Exception:  # noqa: BLE001 - not applied: no cooldown starts, the next poll decides again
+                logger.warning("scalable: could not apply %s for tag %r", tag_decision.action, tag, exc_info=True)
+                continue
+            applied.append(tag)
+        self.history = decision.commit(applied)
         self.decisions.append(decision)
         if self.writer is not None:
             for tag_decision in decision.tags.values():

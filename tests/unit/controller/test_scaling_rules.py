@@ -1,33 +1,43 @@
-"""The scaling poll's own rules on top of the AdaptiveScaler: persisted cooldown, bounds repair,
-queue split across groups, and which object holds a group's replicas."""
+"""The scaling poll's own rules on top of the AdaptiveScaler: the history rebuilt from what is
+persisted, queue split across groups, and which object holds a group's replicas."""
+
+import json
 
 from scalable.controller.resources import ScalableWorkflowSpec
-from scalable.controller.scaling_loop import GroupTarget, _shares, _with_cooldown, make_scaler
+from scalable.controller.scaling_loop import ANNOTATION_LAST_SCALE, GroupTarget, _shares, make_scaler, restore_history
 from scalable.controller.timestamps import parse_time
-from scalable.scaling.decision import TagDecision
+from scalable.scaling.history import ScalingHistory
 
 
-def _decision(action="scale_up", frm=2, to=5):
-    return TagDecision(tag="default", action=action, from_workers=frm, to_workers=to, reason="busy", mode="reactive",
-                       utilisation=2.0, queued=10, processing=2)
+def _annotated(note: dict | str) -> dict:
+    text = note if isinstance(note, str) else json.dumps(note)
+    return {"metadata": {"annotations": {ANNOTATION_LAST_SCALE: text}}, "spec": {"worker": {"replicas": 3}}}
 
 
-def test_persisted_cooldown_turns_a_change_into_a_hold():
-    held = _with_cooldown(_decision(), last_scale=1000.0, cooldown=60, now=1030.0, low=1, high=10)
-    assert held.action == "hold" and held.to_workers == 2
-    assert "in cooldown for 30s more" in held.reason and held.reason.startswith("busy")
+def test_history_is_restored_from_the_annotation_with_its_direction():
+    spec = _spec({"name": "default", "task": "a", "tag": "sim"})
+    obj = _annotated({"workflow": "ns/wf", "time": "1970-01-01T00:16:40.000000Z", "from": 5, "to": 3})
+    history = restore_history(ScalingHistory(), [GroupTarget(spec.workerGroups[0], "DaskCluster", "c", obj)], {}, "ns/wf")
+    assert history.of("sim").last_change == 1000.0 and history.of("sim").last_action == "scale_down"
 
 
-def test_after_the_cooldown_the_change_goes_through():
-    assert _with_cooldown(_decision(), 1000.0, 60, 1060.0, 1, 10).action == "scale_up"
-    assert _with_cooldown(_decision(), None, 60, 1000.0, 1, 10).action == "scale_up"
+def test_a_later_status_time_without_direction_holds_every_change():
+    spec = _spec({"name": "default", "task": "a"})
+    obj = _annotated({"workflow": "ns/wf", "time": "1970-01-01T00:16:40Z", "from": 5, "to": 3})
+    status = {"default": {"lastScaleTime": "1970-01-01T00:16:50Z"}}
+    history = restore_history(ScalingHistory(), [GroupTarget(spec.workerGroups[0], "DaskCluster", "c", obj)], status, "ns/wf")
+    assert (history.of("default").last_change, history.of("default").last_action) == (1010.0, None)
 
 
-def test_bound_repairs_ignore_the_cooldown():
-    below_min = _decision(frm=0, to=1)
-    assert _with_cooldown(below_min, 1000.0, 60, 1001.0, 1, 10).action == "scale_up"
-    above_max = _decision(action="scale_down", frm=12, to=10)
-    assert _with_cooldown(above_max, 1000.0, 60, 1001.0, 1, 10).action == "scale_down"
+def test_other_workflows_and_garbage_annotations_are_ignored_and_memory_wins_when_later():
+    spec = _spec({"name": "default", "task": "a"})
+    group = spec.workerGroups[0]
+    for note in ({"workflow": "ns/other", "time": "1970-01-01T00:16:40Z", "from": 1, "to": 2}, "not json", "[1, 2]"):
+        assert restore_history(ScalingHistory(), [GroupTarget(group, "DaskCluster", "c", _annotated(note))], {}, "ns/wf").of("default").last_change is None
+    known = ScalingHistory().applied([("default", "scale_up", 2000.0)])
+    obj = _annotated({"workflow": "ns/wf", "time": "1970-01-01T00:16:40Z", "from": 5, "to": 3})
+    kept = restore_history(known, [GroupTarget(group, "DaskCluster", "c", obj)], {}, "ns/wf").of("default")
+    assert (kept.last_change, kept.last_action) == (2000.0, "scale_up")
 
 
 def _spec(*groups, mode="Predictive"):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.telemetry.schema import ScalingDecisionRecord
 
@@ -31,12 +32,29 @@ class _FixedAdvisor:
         return [_Rec(self.duration, self.confidence) for _ in items]
 
 
+class Applying:
+    """A caller that applies every change it is given and commits it, as the session does when
+    nothing fails: the scaler's history threads from one decision to the next."""
+
+    def __init__(self, scaler: AdaptiveScaler) -> None:
+        self.scaler = scaler
+        self.history = ScalingHistory()
+
+    def evaluate(self, snapshot, now=None):
+        decision = self.scaler.evaluate(snapshot, now, self.history)
+        self.history = decision.commit(decision.changes)
+        return decision
+
+    def __getattr__(self, name):
+        return getattr(self.scaler, name)
+
+
 def snap(queued=0, processing=0, workers=1, threads=1, **extra):
     return {"demeter": {"queued": queued, "processing": processing, "workers": workers, "threads_per_worker": threads, **extra}}
 
 
 def test_reactive_scale_up_to_target_utilisation_and_reasoning():
-    scaler = AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=0)
+    scaler = Applying(AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=0))
     decision = scaler.evaluate(snap(queued=8, processing=2, workers=2), now=0)
     assert decision.actions == {"demeter": "scale_up"}
     assert decision.targets == {"demeter": 19}  # ceil(10 / 0.55)
@@ -47,7 +65,7 @@ def test_reactive_scale_up_to_target_utilisation_and_reasoning():
 
 
 def test_per_tag_bounds_and_cap_at_maximum():
-    scaler = AdaptiveScaler(min_workers={"demeter": 2, "gcam": 1}, max_workers={"demeter": 5, "gcam": 3}, cooldown_seconds=0)
+    scaler = Applying(AdaptiveScaler(min_workers={"demeter": 2, "gcam": 1}, max_workers={"demeter": 5, "gcam": 3}, cooldown_seconds=0))
     decision = scaler.evaluate(
         {"demeter": {"queued": 50, "processing": 2, "workers": 2}, "gcam": {"queued": 0, "processing": 0, "workers": 0}},
         now=0,
@@ -58,7 +76,7 @@ def test_per_tag_bounds_and_cap_at_maximum():
 
 
 def test_tag_without_bounds_is_held():
-    scaler = AdaptiveScaler(min_workers={"demeter": 1}, max_workers={"demeter": 4})
+    scaler = Applying(AdaptiveScaler(min_workers={"demeter": 1}, max_workers={"demeter": 4}))
     decision = scaler.evaluate({"other": {"queued": 100, "processing": 1, "workers": 1}}, now=0)
     assert decision.actions == {"other": "hold"}
     assert "no min/max" in decision.reasoning["other"]
@@ -74,7 +92,7 @@ def test_invalid_configuration_is_refused():
 
 
 def test_cooldown_counts_from_the_last_change_per_tag():
-    scaler = AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=60)
+    scaler = Applying(AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=60))
     first = scaler.evaluate(snap(queued=4, processing=1, workers=1), now=100)
     assert first.actions["demeter"] == "scale_up"
     held = scaler.evaluate(snap(queued=30, processing=10, workers=10), now=130)
@@ -94,7 +112,7 @@ def test_cooldown_counts_from_the_last_change_per_tag():
 
 
 def test_scale_down_is_gradual_and_spares_busy_workers():
-    scaler = AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=0, max_scale_down_step=2)
+    scaler = Applying(AdaptiveScaler(min_workers=1, max_workers=20, cooldown_seconds=0, max_scale_down_step=2))
     decision = scaler.evaluate(snap(queued=0, processing=2, workers=10, idle_workers=8), now=0)
     assert decision.actions["demeter"] == "scale_down"
     assert decision.targets["demeter"] == 8
@@ -105,7 +123,7 @@ def test_scale_down_is_gradual_and_spares_busy_workers():
 
 
 def test_scale_down_without_idle_count_assumes_tasks_spread_over_workers():
-    scaler = AdaptiveScaler(min_workers=0, max_workers=20, cooldown_seconds=0, max_scale_down_step=10)
+    scaler = Applying(AdaptiveScaler(min_workers=0, max_workers=20, cooldown_seconds=0, max_scale_down_step=10))
     decision = scaler.evaluate(snap(queued=0, processing=3, workers=12, threads=4), now=0)
     assert decision.targets["demeter"] == 3
 
@@ -113,8 +131,8 @@ def test_scale_down_without_idle_count_assumes_tasks_spread_over_workers():
 def test_predictive_scales_up_before_the_queue_fills():
     """A wave ramps up: predictive adds workers while reactive still sees utilisation under the threshold."""
     advisor = _FixedAdvisor(duration=4.0, confidence=0.9)
-    predictive = AdaptiveScaler(advisor=advisor, min_workers=2, max_workers=20, cooldown_seconds=0, horizon_seconds=10)
-    reactive = AdaptiveScaler(min_workers=2, max_workers=20, cooldown_seconds=0)
+    predictive = Applying(AdaptiveScaler(advisor=advisor, min_workers=2, max_workers=20, cooldown_seconds=0, horizon_seconds=10))
+    reactive = Applying(AdaptiveScaler(min_workers=2, max_workers=20, cooldown_seconds=0))
     first_up = {}
     workers = {"predictive": 2, "reactive": 2}
     # tasks arrive at 0.5/s each taking 4 s: the queue grows only slowly at first
@@ -137,7 +155,7 @@ def test_predictive_scales_up_before_the_queue_fills():
 
 def test_predictive_holds_for_a_queue_the_workers_clear_before_a_new_worker_could_join():
     advisor = _FixedAdvisor(duration=0.1, confidence=0.95)
-    scaler = AdaptiveScaler(advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=30)
+    scaler = Applying(AdaptiveScaler(advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=30))
     decision = scaler.evaluate(snap(queued=40, processing=1, workers=1, task="quick"), now=0)
     assert decision.actions["demeter"] == "hold"
     assert "clear the queue" in decision.reasoning["demeter"]
@@ -145,9 +163,9 @@ def test_predictive_holds_for_a_queue_the_workers_clear_before_a_new_worker_coul
     assert decision.confidence == pytest.approx(0.95)
     # the same queue where a worker joins in a second: the 30 tasks left then would wait 3 s
     # more; spread so that each starts within another second, they need 3 threads, not 30
-    fast = AdaptiveScaler(
+    fast = Applying(AdaptiveScaler(
         advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=30, worker_startup_seconds=1
-    )
+    ))
     quick = fast.evaluate(snap(queued=40, processing=1, workers=1, task="quick"), now=0)
     assert quick.actions["demeter"] == "scale_up"
     assert quick.tags["demeter"].predicted_load == pytest.approx(3.0)
@@ -156,10 +174,10 @@ def test_predictive_holds_for_a_queue_the_workers_clear_before_a_new_worker_coul
 def test_running_tasks_keep_their_threads_for_their_predicted_remaining_time():
     """Two 10 s tasks about to finish free their threads for the queue; two just started do not."""
     def decide(started_at):
-        scaler = AdaptiveScaler(
+        scaler = Applying(AdaptiveScaler(
             advisor=_FixedAdvisor(duration=10.0), min_workers=1, max_workers=20, cooldown_seconds=0,
             horizon_seconds=10, worker_startup_seconds=1,
-        )
+        ))
         pending = [{"task": "run", "input_features": {"i": i}, "started_at": started_at} for i in range(2)]
         pending += [{"task": "run", "input_features": {"i": i}} for i in range(2, 4)]
         return scaler.evaluate(snap(queued=2, processing=2, workers=3, pending=pending), now=100.0).tags["demeter"]
@@ -178,9 +196,9 @@ def test_waiting_tasks_are_predicted_with_their_own_durations():
             return [_Rec(float(i["input_features"]["seconds"]), 0.9) for i in items]
 
     def load(seconds):
-        scaler = AdaptiveScaler(
+        scaler = Applying(AdaptiveScaler(
             advisor=_ByInput(), min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=10, worker_startup_seconds=1
-        )
+        ))
         pending = [{"task": "run", "input_features": {"seconds": s}} for s in seconds]
         return scaler.evaluate(snap(queued=len(seconds), processing=0, workers=1, pending=pending), now=0).tags["demeter"].predicted_load
 
@@ -189,17 +207,17 @@ def test_waiting_tasks_are_predicted_with_their_own_durations():
 
 
 def test_low_confidence_falls_back_to_reactive_and_says_so():
-    scaler = AdaptiveScaler(advisor=_FixedAdvisor(confidence=0.2), min_workers=1, max_workers=20, min_confidence=0.5)
+    scaler = Applying(AdaptiveScaler(advisor=_FixedAdvisor(confidence=0.2), min_workers=1, max_workers=20, min_confidence=0.5))
     decision = scaler.evaluate(snap(queued=10, processing=1, workers=1, task="run"), now=0)
     assert decision.tags["demeter"].mode == "reactive"
     assert "confidence 0.20 below 0.50" in decision.reasoning["demeter"]
-    no_duration = AdaptiveScaler(advisor=_FixedAdvisor(duration=None), min_workers=1, max_workers=20)
+    no_duration = Applying(AdaptiveScaler(advisor=_FixedAdvisor(duration=None), min_workers=1, max_workers=20))
     assert "no duration" in no_duration.evaluate(snap(queued=3, task="run"), now=0).reasoning["demeter"]
 
 
 def test_pending_tasks_are_predicted_one_by_one_and_cached():
     advisor = _FixedAdvisor(duration=3.0)
-    scaler = AdaptiveScaler(advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=10)
+    scaler = Applying(AdaptiveScaler(advisor=advisor, min_workers=1, max_workers=20, cooldown_seconds=0, horizon_seconds=10))
     pending = [{"task": "run", "input_features": {"i": i % 3}} for i in range(12)]
     scaler.evaluate(snap(queued=11, processing=1, workers=1, pending=pending), now=0)
     scaler.evaluate(snap(queued=11, processing=1, workers=1, pending=pending), now=1)
@@ -207,7 +225,7 @@ def test_pending_tasks_are_predicted_one_by_one_and_cached():
 
 
 def test_decision_converts_to_telemetry_records():
-    scaler = AdaptiveScaler(advisor=_FixedAdvisor(), min_workers=1, max_workers=8, cooldown_seconds=0)
+    scaler = Applying(AdaptiveScaler(advisor=_FixedAdvisor(), min_workers=1, max_workers=8, cooldown_seconds=0))
     decision = scaler.evaluate(snap(queued=20, processing=1, workers=1, task="run"), now=42.0)
     (record,) = decision.to_records("run-1")
     assert isinstance(record, ScalingDecisionRecord)
@@ -241,10 +259,10 @@ _tag_state = st.fixed_dictionaries(
 )
 def test_no_sequence_of_snapshots_leaves_bounds_or_retires_busy_workers(steps, low, extra, confidence, cooldown, down_step):
     high = low + extra
-    scaler = AdaptiveScaler(
+    scaler = Applying(AdaptiveScaler(
         advisor=_FixedAdvisor(duration=1.5, confidence=confidence), min_workers={"demeter": low}, max_workers={"demeter": high},
         cooldown_seconds=cooldown, max_scale_down_step=down_step,
-    )
+    ))
     now = 0.0
     last_change = last_action = None
     for gap, state in steps:
@@ -268,12 +286,12 @@ def test_no_sequence_of_snapshots_leaves_bounds_or_retires_busy_workers(steps, l
 
 
 def test_predictive_never_asks_for_more_threads_than_tasks():
-    scaler = AdaptiveScaler(advisor=_FixedAdvisor(duration=600.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10)
+    scaler = Applying(AdaptiveScaler(advisor=_FixedAdvisor(duration=600.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10))
     decision = scaler.evaluate(snap(queued=2, processing=1, workers=1, task="long"), now=0)
     assert decision.targets["demeter"] == 3, "three ten-minute tasks need three threads, not sixty"
 
 
 def test_a_task_longer_than_the_horizon_counts_as_one_busy_thread():
-    scaler = AdaptiveScaler(advisor=_FixedAdvisor(duration=100.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10)
+    scaler = Applying(AdaptiveScaler(advisor=_FixedAdvisor(duration=100.0), min_workers=1, max_workers=50, cooldown_seconds=0, horizon_seconds=10))
     decision = scaler.evaluate(snap(queued=4, processing=2, workers=2, task="long"), now=0)
     assert decision.tags["demeter"].predicted_load == pytest.approx(6.0)

@@ -102,7 +102,8 @@ def test_worker_start_up_for_the_scaler_defaults_by_target():
         manifest = Manifest.model_validate(
             {"worker_groups": [{"tag": "a"}], "kubernetes": {"cluster": "c"}, "scaling": {"cooldown_seconds": 10, **scaling}}
         )
-        return ScalableSession(manifest, target=target, advisor=None)._worker_startup_seconds()
+        session = ScalableSession(manifest, target=target, advisor=None)
+        return manifest.scaler_config(session.target_name).worker_startup_seconds
 
     assert startup("local") == 5.0 and startup("kubernetes") == 30.0
     assert startup("local", worker_startup_seconds=1.5) == 1.5
