@@ -190,7 +190,8 @@ class WorkerGroup(_Spec):
 
     name: DNSName = Field(description="'default' for the DaskCluster's default group, else the DaskWorkerGroup's name.")
     task: str = Field(min_length=1, max_length=253, description="Task name whose history sizes this group's workers.")
-    tag: str | None = Field(default=None, description="Tag the workflow submits this group's tasks with; defaults to name.")
+    tag: str | None = Field(default=None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                            description="Tag the workflow submits this group's tasks with; defaults to name.")
     inputFeatures: dict[str, str] = Field(default_factory=dict, description="Typical input features of the group's tasks (numbers as strings).")
     minWorkers: int = Field(default=0, ge=0, le=10_000)
     maxWorkers: int = Field(default=10, ge=0, le=10_000)
