@@ -7,6 +7,7 @@ one file (and in the chart's ``templates/_helpers.tpl``, which grants exactly th
 method                      resource                                              verbs
 ==========================  ====================================================  ===============
 get / list                  daskclusters, daskworkergroups, daskautoscalers       get, list
+list (label selector)       pods (core/v1): the worker pods, read only            list
 patch (replicas, template)  daskclusters, daskworkergroups                        patch
 get / patch_status          scalableworkflows, advisormodels (+ /status)          get, patch
 event                       events (core/v1)                                      create
@@ -50,6 +51,7 @@ KIND = {
     "ScalableWorkflow": Kind("scalable.dev/v1alpha1", "ScalableWorkflow", "scalableworkflows"),
     "AdvisorModel": Kind("scalable.dev/v1alpha1", "AdvisorModel", "advisormodels"),
     "Lease": Kind("coordination.k8s.io/v1", "Lease", "leases"),
+    "Pod": Kind("v1", "Pod", "pods"),
 }
 
 
@@ -119,8 +121,9 @@ class KubeClient:
         except NotFound:
             return None
 
-    async def list(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
-        result = await self._call("GET", KIND[kind], namespace, KIND[kind].plural)
+    async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self._call("GET", KIND[kind], namespace, KIND[kind].plural, params=params)
         return list((result or {}).get("items") or [])
 
     async def json_patch(self, kind: str, namespace: str, name: str, ops: list[dict[str, Any]],
