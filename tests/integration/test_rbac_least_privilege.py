@@ -18,7 +18,10 @@ trained from telemetry, a ScalableWorkflow that sizes the workers and scales rep
 queue, a client pushing telemetry to the ingestion endpoint, and a clean shutdown.
 
 Then the audit log must show (1) no request of the operator was forbidden, and (2) every verb
-on every resource the chart grants was used and allowed. A grant that the flow does not use
+on every resource the chart grants was used and allowed. The one grant on core pods (`list`,
+for the WorkersScheduled condition) is shown to be enough (a refused worker pod is named in the
+condition under these rules), scoped (only its cluster's workers, by label) and read only (the
+API server's SubjectAccessReview refuses get, watch, create, delete, patch, exec, logs, eviction). A grant that the flow does not use
 fails the test, naming the rule: remove it from charts/scalable-operator/templates/_helpers.tpl
 (or rbac.yaml), or drive the code path that needs it here.
 """
@@ -397,9 +400,34 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str
         assert model["status"]["phase"] in ("Ready", "InsufficientData"), model["status"]
         wf = await wait_until(alive_and(workflow_ready), timeout=60, what="ScalableWorkflow status Sized, workers > 1")
         assert condition(wf, "Ready")["status"] == "True"
+
+        # `list` on pods is enough to see a refused worker: the pod (made here as the scheduler
+        # would leave it; nothing schedules on this control plane) is named in WorkersScheduled
+        pod = await _unschedulable_worker_pod(admin, WORK, "sim")
+
+        async def refusal_reported():
+            c = condition(await get(admin, WORK, "ScalableWorkflow", "wf"), "WorkersScheduled")
+            return c if c and c["status"] == "False" else None
+
+        reported = await wait_until(alive_and(refusal_reported), timeout=30, what="WorkersScheduled=False under the chart's RBAC")
+        assert pod in reported["message"] and "Insufficient memory" in reported["message"], reported
         async with admin.call_api("GET", version="v1", namespace=WORK, url="events") as r:
             reasons = {e["reason"] for e in r.json()["items"]}
         assert reasons & {"Resized", "ScaledUp", "Promoted"}, f"the operator records Events: {reasons}"
+
+        async def warned():
+            async with admin.call_api("GET", version="v1", namespace=WORK, url="events") as r:
+                return any(e["reason"] == "WorkersNotScheduled" and e["type"] == "Warning" for e in r.json()["items"])
+
+        await wait_until(alive_and(warned), timeout=10, what="a Warning Event WorkersNotScheduled")
+        # read only: the pods it may list it can neither read by name, nor change, nor exec into
+        for verb, subresource in [("list", ""), ("get", ""), ("watch", ""), ("create", ""), ("delete", ""), ("patch", ""),
+                                  ("update", ""), ("deletecollection", ""), ("create", "exec"), ("get", "log"),
+                                  ("create", "eviction"), ("patch", "status")]:
+            allowed = await _may(admin, user, WORK, verb, "pods", subresource, name="" if verb == "list" else pod)
+            assert allowed == (verb == "list" and not subresource), f"{verb} pods/{subresource}: allowed={allowed}"
+        if values:
+            assert not await _may(admin, user, "default", "list", "pods"), "a Role: pods only in the watched namespace"
 
         # a workflow client pushes telemetry: the operator reviews the token and the access
         body = {"run": {"run_id": f"run-{secrets.token_hex(4)}"},
@@ -433,6 +461,44 @@ async def test_operator_runs_under_the_chart_rbac_and_uses_every_grant(mode: str
     )
     leader_role = next(r for r in find(rbac, "Role") if r["metadata"]["name"] == f"{fullname}-leader")
     assert leader_role["rules"][1]["resourceNames"] == [fullname]
+    pod_lists = {e["requestURI"] for e in events if (e.get("objectRef") or {}).get("resource") == "pods"}
+    assert pod_lists and all(f"/namespaces/{WORK}/pods?labelSelector=dask.org%2Fcluster-name%3Dsim%2Cdask.org%2Fcomponent%3Dworker"
+                             in uri for uri in pod_lists), f"only the workers of its cluster, by label: {pod_lists}"
+
+
+async def _unschedulable_worker_pod(api: Any, namespace: str, cluster: str) -> str:
+    """A worker pod of `cluster` as dask-kubernetes labels it, with the status kube-scheduler
+    writes for a limit above every node's memory; returns its name."""
+    async with api.call_api("GET", version="v1", namespace=namespace, url="serviceaccounts/default", raise_for_status=False) as r:
+        missing = r.status_code == 404  # no controller manager here to make it
+    if missing:
+        await kr8s.asyncio.objects.ServiceAccount({"metadata": {"name": "default", "namespace": namespace}}, api=api).create()
+    name = f"{cluster}-default-worker-{secrets.token_hex(3)}"
+    limits = {"memory": "64Gi", "cpu": "250m"}
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": {"dask.org/cluster-name": cluster, "dask.org/component": "worker",
+                                                  "dask.org/workergroup-name": f"{cluster}-default"}},
+           "spec": {"automountServiceAccountToken": False,
+                    "containers": [{"name": "worker", "image": "dask", "resources": {"limits": limits, "requests": limits}}]}}
+    async with api.call_api("POST", version="v1", namespace=namespace, url="pods", json=pod):
+        pass
+    status = {"status": {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient memory."}]}}
+    async with api.call_api("PATCH", version="v1", namespace=namespace, url=f"pods/{name}/status", json=status,
+                            headers={"Content-Type": "application/merge-patch+json"}):
+        pass
+    return name
+
+
+async def _may(api: Any, user: str, namespace: str, verb: str, resource: str, subresource: str = "", name: str = "") -> bool:
+    """The API server's answer (SubjectAccessReview) to: may `user` do this?"""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{RELEASE_NAMESPACE}"],
+                       "resourceAttributes": {"namespace": namespace, "verb": verb, "group": "", "resource": resource,
+                                              "subresource": subresource, "name": name}}}
+    async with api.call_api("POST", version="authorization.k8s.io/v1", url="subjectaccessreviews", json=review) as r:
+        return bool(r.json()["status"].get("allowed"))
 
 
 async def get_lease(api: Any, name: str) -> dict:

@@ -5,8 +5,9 @@
   nor push telemetry to B's workflow through the operator's ingestion (403, nothing lands in
   B's directory), while B's own client can; no token is 401.
 * The operator's ServiceAccount, bound to the ClusterRole of deploy/ (generated from the chart),
-  is refused everything that ClusterRole does not grant: Secrets, Pods, ConfigMaps, deleting or
-  creating custom resources, writing their spec, RBAC objects, Nodes, other Leases.
+  is refused everything that ClusterRole does not grant: Secrets, Pods (beyond listing them:
+  no get by name, watch, change or logs), ConfigMaps, deleting or creating custom resources,
+  writing their spec, RBAC objects, Nodes, other Leases.
 
 tests/integration/test_ingest.py covers the ingestion decisions in more depth,
 tests/integration/test_rbac_least_privilege.py that the operator uses every grant it has.
@@ -144,11 +145,16 @@ async def test_the_operator_token_cannot_exceed_its_cluster_role(kube_api, kubec
             ("GET", f"/apis/{GV}/namespaces/{ns}/scalableworkflows/wf", None),
             ("PATCH", f"/apis/{GV}/namespaces/{ns}/scalableworkflows/wf/status", {"status": {"desiredWorkers": 1}}),
             ("GET", f"/apis/kubernetes.dask.org/v1/namespaces/{ns}/daskautoscalers", None),
+            ("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=dask.org%2Fcomponent%3Dworker", None),  # list only
         ]
         refused = [
             ("GET", f"/api/v1/namespaces/{ns}/secrets", None),
             ("GET", f"/api/v1/namespaces/{ns}/configmaps", None),
-            ("GET", f"/api/v1/namespaces/{ns}/pods", None),
+            ("GET", f"/api/v1/namespaces/{ns}/pods/x", None),
+            ("GET", f"/api/v1/namespaces/{ns}/pods?watch=true", None),
+            ("DELETE", f"/api/v1/namespaces/{ns}/pods/x", None),
+            ("PATCH", f"/api/v1/namespaces/{ns}/pods/x", {"metadata": {"labels": {"x": "y"}}}),
+            ("GET", f"/api/v1/namespaces/{ns}/pods/x/log", None),
             ("POST", f"/api/v1/namespaces/{ns}/pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
                                                         "spec": {"containers": [{"name": "x", "image": "x"}]}}),
             ("GET", "/api/v1/nodes", None),

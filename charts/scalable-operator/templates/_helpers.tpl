@@ -72,6 +72,12 @@ under exactly these rules and checks, from the API server's audit log, that ever
 - apiGroups: ["kubernetes.dask.org"]
   resources: ["daskautoscalers"]
   verbs: ["list"]
+# worker_pods.py lists the worker pods of each workflow's DaskCluster (by dask-kubernetes'
+# labels) to report those the scheduler or the kubelet refused (condition WorkersScheduled).
+# Read only, and list only: it never reads a pod by name.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # kube.py event(): what was resized or scaled and why.
 - apiGroups: [""]
   resources: ["events"]

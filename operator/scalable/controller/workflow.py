@@ -22,7 +22,7 @@ from typing import Any
 
 import pydantic
 
-from scalable.controller import sizing
+from scalable.controller import sizing, worker_pods
 from scalable.controller.conditions import merge_conditions, set_condition
 from scalable.controller.kube import Conflict, KubeError
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
@@ -174,6 +174,7 @@ class WorkflowLoop:
         self.observed_at = 0.0
         self.errors = 0
         self.hold_recorded: dict[str, float] = {}
+        self.worker_pods = worker_pods.WorkerPodsCheck(rt.kube)
 
     async def _prometheus(self, namespace: str, cluster: str, spec: ScalableWorkflowSpec, group: str | None) -> QueueMetrics:
         client = self.rt.prometheus_for(spec)
@@ -282,6 +283,13 @@ class WorkflowLoop:
                 self.sized_key, self.sized_at = sizing_key, now
             updates += sizing_result.conditions
             events += sizing_result.events
+
+        if cluster is not None:
+            scheduled = await self.worker_pods.condition(namespace, spec.clusterRef.name,
+                                                         {g.resourcePolicy.containerName for g in spec.workerGroups})
+            updates.append(scheduled)
+            if worker_pods.turned_false(status.get("conditions"), scheduled):
+                events.append((worker_pods.EVENT_REASON, "Warning", scheduled["message"]))
 
         deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record,
                         autoscalers=rt.autoscalers)
