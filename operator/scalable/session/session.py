@@ -279,14 +279,17 @@ class ScalableSession:
             }
         return snapshot, idle
 
-    def scale_once(self, now: float | None = None) -> ScalingDecision:
-        """One poll: read the queue state, decide, apply, record.
+    def scale_once(self, now: float | None = None, snapshot: Mapping[str, Mapping[str, Any]] | None = None) -> ScalingDecision:
+        """One poll: read the queue state, decide, apply, commit what was applied, record.
 
+        ``snapshot`` replaces the queue state read from the scheduler (a replay of recorded
+        states, or a test); the idle workers a scale-down may retire are still the scheduler's.
         Every change is recorded; a hold only when it follows a change or another mode,
         so that a quiet session does not write a decision per poll.
         """
         assert self.scaler is not None and self.client is not None
-        snapshot, idle = self.snapshot()
+        observed, idle = self.snapshot()
+        snapshot = observed if snapshot is None else snapshot
         decision = self.scaler.evaluate(snapshot, now=now, history=self.history)
         applied = []
         for tag in decision.changes:
