@@ -141,6 +141,12 @@ class ScalableSession:
     ``advisor`` is ``"auto"`` (a LearnedAdvisor trained on the telemetry directory when
     scalable.yaml asks for predictive scaling with the learned advisor), ``None``, or an
     advisor object. ``runs_dir`` overrides the telemetry directory of scalable.yaml.
+
+    ``scaler`` is a scaler built elsewhere, such as the operator's ``make_scaler`` from a
+    ScalableWorkflow, so that a benchmark or a test measures the scaler the operator runs:
+    start() drives it, with the advisor it carries, instead of building one from the
+    manifest's scaling settings (the manifest still gives the worker groups and the poll
+    interval).
     """
 
     def __init__(
@@ -151,7 +157,10 @@ class ScalableSession:
         base_dir: str | Path = ".",
         advisor: Any = _AUTO,
         runs_dir: str | Path | None = None,
+        scaler: AdaptiveScaler | None = None,
     ) -> None:
+        if scaler is not None and advisor is not _AUTO:
+            raise ValueError("a given scaler carries its own advisor; pass one or the other")
         self.manifest = manifest
         self.target_name = target or manifest.target
         if self.target_name not in ("local", "kubernetes"):
@@ -160,9 +169,9 @@ class ScalableSession:
         self.runs_dir = Path(runs_dir) if runs_dir is not None else base / manifest.telemetry.dir
         self.tags = [g.tag for g in manifest.worker_groups]
         self._advisor_arg = advisor
-        self.advisor: Any = None
+        self.advisor: Any = scaler.advisor if scaler is not None else None
         self.advisor_note = ""
-        self.scaler: AdaptiveScaler | None = None
+        self.scaler: AdaptiveScaler | None = scaler
         self.history = ScalingHistory()
         self.collector: TelemetryCollector | None = None
         self.writer: RunWriter | None = None
@@ -213,7 +222,7 @@ class ScalableSession:
         if self.client is not None:
             return self.client
         scaling = self.manifest.scaling
-        if scaling.mode != "off":
+        if self.scaler is None and scaling.mode != "off":
             self.advisor = self._load_advisor()
             self.scaler = AdaptiveScaler(
                 advisor=self.advisor if scaling.mode == "predictive" else None,

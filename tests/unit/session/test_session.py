@@ -114,3 +114,19 @@ def test_erred_and_oom_killed_tasks_are_recorded_with_their_state(write_manifest
     assert tasks["hog"].state == "oom_killed"
     assert tasks["hog"].peak_memory_bytes > 0.9 * 400 * 1024**2, "the nanny's last reading of the killed worker"
     assert tasks["run_demeter_scenario"].state == "succeeded"
+
+
+def test_a_given_scaler_is_the_one_the_session_drives(write_manifest):
+    from scalable.scaling.config import ScalerConfig
+    from scalable.scaling.scaler import AdaptiveScaler
+
+    # the manifest's bounds (1..4) and the given scaler's (2..2) differ, so the decision says whose it is
+    given = AdaptiveScaler(config=ScalerConfig(min_workers={"demeter": 2}, max_workers={"demeter": 2}, cooldown_seconds=0))
+    path = write_manifest(scaling={"mode": "off", "poll_interval_seconds": 3600})
+    with pytest.raises(ValueError, match="carries its own advisor"):
+        ScalableSession.from_yaml(path, target="local", scaler=given, advisor=None)
+    with ScalableSession.from_yaml(path, target="local", scaler=given) as session:
+        assert session.scaler is given
+        decision = session.scale_once().tags["demeter"]
+    assert (decision.action, decision.from_workers, decision.to_workers) == ("scale_up", 1, 2)
+    assert "below the minimum 2" in decision.reason
