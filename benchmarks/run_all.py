@@ -54,6 +54,14 @@ def run(names: list[str], quick: bool) -> dict[str, dict]:
     return status
 
 
+def _across_trials(result: dict, key: str, fmt: str) -> str:
+    """A scaling figure as mean ± sd across trials (a result without spread: its one value)."""
+    figure = (result.get("spread") or {}).get(key) or {"mean": result.get(key), "sd": None}
+    if figure["mean"] is None:
+        return "n/a"
+    return fmt.format(figure["mean"]) + (f" ± {fmt.format(figure['sd'])}" if figure.get("sd") is not None else "")
+
+
 def _load(file: str) -> dict | None:
     path = RESULTS / file
     try:
@@ -197,17 +205,20 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
         lines += ["## Scaling on a real LocalCluster", "",
                   f"`{sc.get('command', 'python benchmarks/bench_scaling.py')}` ({sc.get('date')}, load "
                   f"{sc.get('machine', {}).get('load_avg_1_5_15')}); plot: [scaling.png](scaling.png)", "",
-                  "| strategy | mean wait | p95 wait | makespan | worker-seconds |", "|---|---|---|---|---|"]
+                  f"{len(sc.get('workload', {}).get('seeds', [])) or '?'} trial(s); mean ± sd across trials.", "",
+                  "| strategy | mean wait | p50 wait | p95 wait | makespan | worker-seconds |", "|---|---|---|---|---|---|"]
         for name, r in sc.get("results", {}).items():
-            lines.append(f"| {name} | {r['mean_wait_s']:.2f} s | {r['p95_wait_s']:.2f} s | {r['makespan_s']:.1f} s "
-                         f"| {r['worker_seconds']:.0f} |")
+            lines.append(f"| {name} | {_across_trials(r, 'mean_wait_s', '{:.2f}')} s | {_across_trials(r, 'p50_wait_s', '{:.2f}')} s "
+                         f"| {_across_trials(r, 'p95_wait_s', '{:.2f}')} s | {_across_trials(r, 'makespan_s', '{:.1f}')} s "
+                         f"| {_across_trials(r, 'worker_seconds', '{:.0f}')} |")
         cmp_ = sc.get("predictive_vs_reactive") or {}
         reduction, extra = cmp_.get("mean_wait_reduction"), cmp_.get("extra_worker_seconds")
         if isinstance(reduction, (int, float)) and isinstance(extra, (int, float)):
             verdict = "met" if cmp_.get("target_met") else "NOT met"
             lines += ["", f"Predictive vs reactive: mean wait {100 * reduction:.1f}% lower at {100 * extra:+.1f}% "
                           f"worker-seconds; target ({cmp_.get('target', '>= 30% lower mean wait at <= 10% more worker-seconds')}) "
-                          f"{verdict}."]
+                          f"{verdict}" + (f" (on the means; in {cmp_['trials_target_met']} of {len(cmp_.get('per_trial', []))} trials)"
+                                          if "trials_target_met" in cmp_ else "") + "."]
         elif cmp_:
             lines += ["", f"Predictive vs reactive: {json.dumps(cmp_)}"]
         lines.append("")
