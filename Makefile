@@ -34,9 +34,9 @@ test-demo: testenv images ## hack/demo.py end to end on the real node (its own p
 lint: ## layer contracts (import-linter) and generated files up to date
 	lint-imports
 
-crds: ## regenerate crds/ from the custom resource models
+crds: testenv ## regenerate crds/ from the custom resource models, and everything made from them (chart, deploy/, docs)
 	$(PYTHON) -m scalable.controller.crdgen crds
-	$(PYTHON) hack/chart_sync.py crds
+	$(PYTHON) hack/chart_sync.py all
 	$(PYTHON) hack/crd_reference.py
 
 schemas: ## regenerate the telemetry JSON Schemas
