@@ -19,6 +19,8 @@ __all__ = [
     "parse_cpu",
     "format_cpu",
     "round_up_memory",
+    "exact_memory",
+    "resources_block",
 ]
 
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
@@ -125,3 +127,23 @@ def format_cpu(cpus: float) -> str:
     if millis % 1000 == 0:
         return str(millis // 1000)
     return f"{millis}m"
+
+
+def exact_memory(num_bytes: int) -> str:
+    """A quantity that means exactly ``num_bytes``: binary-suffixed when that is exact, else bytes
+    (a bound such as 1500M is not a whole MiB, and a limit must not exceed it)."""
+    text = format_memory(num_bytes)
+    return text if parse_memory(text) == num_bytes else str(int(num_bytes))
+
+
+def resources_block(cpus: float, memory_bytes: int) -> dict[str, dict[str, str]]:
+    """A container's ``resources``: requests equal to limits, exactly ``memory_bytes``.
+
+    The one builder of this block (the LearnedAdvisor's ``Recommendation.to_k8s``, the
+    operator's sizing and the session's pods all use it). Limits equal requests: a memory limit
+    above the request invites the OOM killer at the node's convenience, and equal requests and
+    limits give the pod the Guaranteed QoS class, so long-running workers are evicted last.
+    CPU is rounded up to whole millicores, the finest a pod spec says.
+    """
+    quantities = {"cpu": format_cpu(cpus), "memory": exact_memory(memory_bytes)}
+    return {"requests": dict(quantities), "limits": dict(quantities)}

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from scalable.units import format_cpu, format_memory
+from scalable.units import format_memory, parse_memory, resources_block
 
 __all__ = ["Recommendation", "METHODS"]
 
@@ -86,14 +86,9 @@ class Recommendation(Mapping):
         return {"cpus": self.cpus, "memory": self.memory}
 
     def to_k8s(self) -> dict[str, dict[str, str]]:
-        """A container's ``resources`` block.
-
-        Limits equal requests: a memory limit above the request invites the OOM killer at the
-        node's convenience, and equal requests and limits give the pod the Guaranteed QoS
-        class, so long-running workers are the last to be evicted.
-        """
-        quantities = {"cpu": format_cpu(self.cpus), "memory": self.memory}
-        return {"requests": dict(quantities), "limits": dict(quantities)}
+        """A container's ``resources`` block for this recommendation, requests equal to limits
+        (:func:`scalable.units.resources_block`), memory as :attr:`memory` says it."""
+        return resources_block(self.cpus, parse_memory(self.memory))
 
     def __getitem__(self, key: str) -> Any:
         if key in ("memory", "resources"):

@@ -32,13 +32,13 @@ approximation the decision reason states.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from scalable.controller.conditions import now_rfc3339
+from scalable.controller.dask_objects import ANNOTATION_LAST_SCALE, GroupTarget, LastScale, resolve_targets
 from scalable.controller.kube import Conflict, KubeClient
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
@@ -46,12 +46,8 @@ from scalable.controller.timestamps import parse_time, precise_time
 from scalable.scaling.decision import TagDecision
 from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
-from scalable.units import QuantityError, parse_cpu
 
-__all__ = ["ANNOTATION_LAST_SCALE", "GroupTarget", "PollDeps", "PollResult", "poll_once", "make_scaler", "parse_time", "resolve_targets", "restore_history"]
-
-#: on the DaskCluster / DaskWorkerGroup, written atomically with the replicas it explains
-ANNOTATION_LAST_SCALE = "scalable.dev/last-scale"
+__all__ = ["PollDeps", "PollResult", "poll_once", "make_scaler", "restore_history"]
 
 MetricsFn = Callable[[str, str, ScalableWorkflowSpec, "str | None"], Awaitable[QueueMetrics]]
 SchedulerFn = Callable[[str, str], Awaitable[QueueMetrics]]
@@ -70,53 +66,6 @@ class PollDeps:
         if self.autoscalers is not None:
             return await self.autoscalers(namespace)
         return await self.kube.list("DaskAutoscaler", namespace)
-
-
-@dataclass
-class GroupTarget:
-    """The object whose ``spec.worker.replicas`` a worker group's size lives in."""
-
-    group: WorkerGroup
-    kind: str
-    name: str
-    obj: dict[str, Any]
-
-    @property
-    def replicas(self) -> int:
-        return int(((self.obj.get("spec") or {}).get("worker") or {}).get("replicas") or 0)
-
-    @property
-    def resource_version(self) -> str:
-        return self.obj["metadata"]["resourceVersion"]
-
-    def last_scale(self, workflow_key: str) -> tuple[float | None, str | None]:
-        """When this workflow last changed these replicas and which way, from the annotation
-        written with them; ``(None, None)`` when there is none of this workflow's."""
-        note = ((self.obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_LAST_SCALE)
-        try:
-            data = json.loads(note) if note else {}
-        except ValueError:
-            return None, None
-        if not isinstance(data, dict) or data.get("workflow") != workflow_key:
-            return None, None
-        action = None
-        if isinstance(data.get("from"), int) and isinstance(data.get("to"), int) and data["from"] != data["to"]:
-            action = "scale_up" if data["to"] > data["from"] else "scale_down"
-        return parse_time(data.get("time")), action
-
-    def threads_per_worker(self) -> int:
-        """Dask gives a worker one thread per CPU of its limit; 1 when nothing is set."""
-        pod_spec = ((self.obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
-        for container in pod_spec.get("containers") or []:
-            if container.get("name") != self.group.resourcePolicy.containerName:
-                continue
-            resources = container.get("resources") or {}
-            cpu = (resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu")
-            try:
-                return max(1, math.ceil(parse_cpu(cpu))) if cpu is not None else 1
-            except QuantityError:
-                return 1
-        return 1
 
 
 @dataclass
@@ -151,34 +100,13 @@ def restore_history(history: ScalingHistory, targets: list[GroupTarget], previou
     change for a cooldown).
     """
     for target in targets:
-        tag = target.group.tag or target.group.name
-        noted, action = target.last_scale(workflow_key)
-        history = history.with_persisted_change(tag, noted, action)
+        note = target.last_scale(workflow_key)
+        if note is not None:
+            history = history.with_persisted_change(target.tag, note.time, note.action)
         status_time = parse_time((previous_status.get(target.group.name) or {}).get("lastScaleTime"))
-        if status_time is not None and (noted is None or status_time > noted + 1e-3):
-            history = history.with_persisted_change(tag, status_time, None)
+        if status_time is not None and (note is None or status_time > note.time + 1e-3):
+            history = history.with_persisted_change(target.tag, status_time, None)
     return history
-
-
-async def resolve_targets(kube: KubeClient, namespace: str, spec: ScalableWorkflowSpec) -> tuple[dict[str, Any] | None, list[GroupTarget], list[str]]:
-    """The DaskCluster, the object behind each group, and what is missing (as messages)."""
-    cluster_name = spec.clusterRef.name
-    cluster = await kube.get("DaskCluster", namespace, cluster_name)
-    if cluster is None:
-        return None, [], [f"DaskCluster {cluster_name!r} not found in namespace {namespace!r}"]
-    targets, problems = [], []
-    for group in spec.workerGroups:
-        if group.name == "default":
-            targets.append(GroupTarget(group, "DaskCluster", cluster_name, cluster))
-            continue
-        obj = await kube.get("DaskWorkerGroup", namespace, group.name)
-        if obj is None:
-            problems.append(f"DaskWorkerGroup {group.name!r} not found in namespace {namespace!r}")
-        elif (obj.get("spec") or {}).get("cluster") != cluster_name:
-            problems.append(f"DaskWorkerGroup {group.name!r} belongs to cluster {(obj.get('spec') or {}).get('cluster')!r}, not {cluster_name!r}")
-        else:
-            targets.append(GroupTarget(group, "DaskWorkerGroup", group.name, obj))
-    return cluster, targets, problems
 
 
 def _features(group: WorkerGroup) -> dict[str, Any]:
@@ -308,8 +236,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         group_status["desiredReplicas"] = tag_decision.to_workers
         if tag_decision.action != "hold":
             try:
-                note = json.dumps({"workflow": workflow_key, "time": precise_time(now), "from": tag_decision.from_workers,
-                                   "to": tag_decision.to_workers}, sort_keys=True)
+                note = LastScale(workflow_key, now, tag_decision.from_workers, tag_decision.to_workers).encode()
                 await deps.kube.set_replicas(target.kind, namespace, target.name, tag_decision.to_workers, target.resource_version,
                                              annotations={ANNOTATION_LAST_SCALE: note})
             except Conflict:

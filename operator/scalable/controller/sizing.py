@@ -21,25 +21,29 @@ Pure functions, so every rule here is unit-tested without a cluster:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scalable.units import MiB, QuantityError, format_cpu, format_memory, parse_cpu, parse_memory
+from scalable.controller.dask_objects import (
+    ANNOTATION_SIZED,
+    WORKER_POD_SPEC,
+    ContainerResources,
+    SizedMark,
+    annotation_pointer,
+    find_container,
+    worker_pod_spec,
+)
+from scalable.units import MiB, QuantityError, exact_memory, format_cpu, format_memory, parse_cpu, parse_memory, resources_block
 
 __all__ = [
-    "ANNOTATION_SIZED",
     "MIN_CPU",
     "MIN_MEMORY",
     "Sized",
     "SizingError",
     "clamp",
-    "container_index",
-    "current_resources",
     "describe_change",
-    "resources_block",
     "should_apply",
     "template_patch",
 ]
@@ -47,8 +51,6 @@ __all__ = [
 MIN_CPU = 0.1
 MIN_MEMORY = 256 * MiB
 HYSTERESIS = 0.10
-#: annotation on the DaskCluster / DaskWorkerGroup: which workflow sized it, at which generation, with what
-ANNOTATION_SIZED = "scalable.dev/sized"
 
 
 class SizingError(ValueError):
@@ -71,7 +73,13 @@ class Sized:
 
     @property
     def memory(self) -> str:
-        return format_memory(self.memory_bytes)
+        """Exactly :attr:`memory_bytes`, as the container's limit says it."""
+        return exact_memory(self.memory_bytes)
+
+    @property
+    def resources(self) -> dict[str, dict[str, str]]:
+        """The worker container's ``resources`` block (requests = limits, exact memory)."""
+        return resources_block(self.cpus, self.memory_bytes)
 
 
 def _bound(value: Mapping[str, Any] | Any, key: str) -> Any:
@@ -122,42 +130,6 @@ def clamp(cpus: float, memory_bytes: float, min_allowed: Any = None, max_allowed
     return Sized(cpu_value, int(mem_value), float(cpus), int(memory_bytes), tuple(bounded))
 
 
-def _exact_memory(num_bytes: int) -> str:
-    """A quantity that means exactly ``num_bytes`` (a bound like 1500M is not a whole MiB)."""
-    text = format_memory(num_bytes)
-    return text if parse_memory(text) == num_bytes else str(num_bytes)
-
-
-def resources_block(sized: Sized) -> dict[str, dict[str, str]]:
-    """``resources`` of the worker container: requests equal limits (see the module docstring)."""
-    values = {"cpu": format_cpu(sized.cpus), "memory": _exact_memory(sized.memory_bytes)}
-    return {"requests": dict(values), "limits": dict(values)}
-
-
-def container_index(pod_spec: Mapping[str, Any] | None, name: str) -> int:
-    """Index of the container called ``name`` in a pod spec."""
-    containers = list((pod_spec or {}).get("containers") or [])
-    for index, container in enumerate(containers):
-        if container.get("name") == name:
-            return index
-    names = ", ".join(repr(c.get("name")) for c in containers) or "none"
-    raise SizingError(
-        f"the worker pod template has no container named {name!r} (containers: {names}); "
-        "set resourcePolicy.containerName"
-    )
-
-
-def current_resources(container: Mapping[str, Any]) -> tuple[float | None, int | None]:
-    """(cpus, memory bytes) the container asks for now: requests, else limits; None if unset."""
-    resources = container.get("resources") or {}
-    cpu = (resources.get("requests") or {}).get("cpu") or (resources.get("limits") or {}).get("cpu")
-    memory = (resources.get("requests") or {}).get("memory") or (resources.get("limits") or {}).get("memory")
-    try:
-        return (parse_cpu(cpu) if cpu is not None else None, parse_memory(memory) if memory is not None else None)
-    except QuantityError as exc:
-        raise SizingError(f"the worker container's resources cannot be read: {exc}") from exc
-
-
 def _moved(old: float | None, new: float, tolerance: float) -> bool:
     if old is None or old <= 0:
         return True
@@ -168,42 +140,31 @@ def should_apply(
     mode: str,
     container: Mapping[str, Any],
     sized: Sized,
-    annotation: str | None,
-    workflow_key: str,
+    mark: SizedMark | None,
     generation: int,
 ) -> tuple[bool, str]:
     """Whether to write ``sized`` into the template, and why (or why not).
 
-    ``annotation`` is the value of :data:`ANNOTATION_SIZED` on the target object, as written by
-    :func:`template_patch`; it tells whether this workflow already sized it and at which
-    generation of its spec.
+    ``mark`` is this workflow's :class:`SizedMark` on the target object, as written by
+    :func:`template_patch` (None when this workflow never sized it); it tells at which
+    generation of its spec it did.
     """
-    old_cpu, old_mem = current_resources(container)
+    current = ContainerResources.of(container)
+    old_cpu, old_mem = current.cpus, current.memory_bytes
     same = old_cpu is not None and old_mem is not None and abs(old_cpu - sized.cpus) < 1e-9 and old_mem == sized.memory_bytes
     if mode == "Off":
         return False, "resourcePolicy.mode is Off: recommendation only"
     if same:
         return False, "the worker template already has the recommended resources"
-    previous: dict[str, Any] = {}
-    if annotation:
-        try:
-            previous = json.loads(annotation)
-        except ValueError:
-            previous = {}
-    sized_before = previous.get("workflow") == workflow_key
-    if not sized_before:
+    if mark is None:
         return True, "first sizing of this worker group"
-    if previous.get("generation") != generation:
-        return True, f"the ScalableWorkflow spec changed (generation {previous.get('generation')} -> {generation})"
+    if mark.generation != generation:
+        return True, f"the ScalableWorkflow spec changed (generation {mark.generation} -> {generation})"
     if mode == "Initial":
         return False, "resourcePolicy.mode is Initial: sized once for this spec generation"
     if _moved(old_cpu, sized.cpus, HYSTERESIS) or _moved(old_mem, sized.memory_bytes, HYSTERESIS):
         return True, f"the recommendation moved by more than {HYSTERESIS:.0%}"
     return False, f"the recommendation moved by less than {HYSTERESIS:.0%}"
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def template_patch(
@@ -212,35 +173,29 @@ def template_patch(
     sized: Sized,
     workflow_key: str,
     generation: int,
-    base: str = "/spec/worker/spec",
 ) -> list[dict[str, Any]]:
     """JSON patch that sets the worker container's resources in ``obj``'s pod template.
 
-    ``obj`` is a DaskCluster or DaskWorkerGroup; both keep the worker pod spec under
-    ``spec.worker.spec``. The patch also records, in an annotation, which workflow sized the
-    template and at which generation, which :func:`should_apply` reads back.
+    ``obj`` is a DaskCluster or DaskWorkerGroup. The patch also writes this workflow's
+    :class:`SizedMark`, which :func:`should_apply` reads back.
     """
-    pod_spec = ((obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
-    index = container_index(pod_spec, container_name)
-    record = json.dumps(
-        {"workflow": workflow_key, "generation": generation, "cpu": sized.cpu, "memory": sized.memory},
-        sort_keys=True,
-    )
+    index, _ = find_container(worker_pod_spec(obj), container_name)
+    mark = SizedMark(workflow_key, generation, sized.cpu, sized.memory).encode()
     ops: list[dict[str, Any]] = [
-        {"op": "test", "path": f"{base}/containers/{index}/name", "value": container_name},
-        {"op": "add", "path": f"{base}/containers/{index}/resources", "value": resources_block(sized)},
+        {"op": "test", "path": f"{WORKER_POD_SPEC}/containers/{index}/name", "value": container_name},
+        {"op": "add", "path": f"{WORKER_POD_SPEC}/containers/{index}/resources", "value": sized.resources},
     ]
-    annotations = (obj.get("metadata") or {}).get("annotations")
-    if annotations is None:
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION_SIZED: record}})
+    if (obj.get("metadata") or {}).get("annotations") is None:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION_SIZED: mark}})
     else:
-        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(ANNOTATION_SIZED)}", "value": record})
+        ops.append({"op": "add", "path": annotation_pointer(ANNOTATION_SIZED), "value": mark})
     return ops
 
 
 def describe_change(container: Mapping[str, Any], sized: Sized, basis: str | None = None) -> str:
     """One line for the Event: old -> new resources, the advisor's basis and the bounds that bit."""
-    old_cpu, old_mem = current_resources(container)
+    current = ContainerResources.of(container)
+    old_cpu, old_mem = current.cpus, current.memory_bytes
     old_cpu_text = format_cpu(old_cpu) if old_cpu is not None else "unset"
     old_mem_text = format_memory(old_mem) if old_mem is not None else "unset"
     text = f"worker cpu {old_cpu_text} -> {sized.cpu}, memory {old_mem_text} -> {sized.memory}"

@@ -28,15 +28,18 @@ from scalable.controller.kube import Conflict, KubeError
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
 from scalable.controller.resources import ScalableWorkflowSpec
 from scalable.controller.runtime import Runtime, no_prometheus
-from scalable.controller.scaling_loop import (
-    ANNOTATION_LAST_SCALE,
+from scalable.controller.dask_objects import (
+    DEFAULT_GROUP,
     GroupTarget,
-    PollDeps,
-    _features,
-    make_scaler,
-    poll_once,
+    SizedMark,
+    TemplateError,
+    default_worker_group_name,
+    find_container,
+    marks_of,
     resolve_targets,
+    worker_pod_spec,
 )
+from scalable.controller.scaling_loop import PollDeps, _features, make_scaler, poll_once
 from scalable.scaling.history import ScalingHistory
 from scalable.units import format_memory
 
@@ -56,12 +59,6 @@ class SizingResult:
 
 def _workflow_key(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
-
-
-async def _patch_template(rt: Runtime, target: GroupTarget, kind: str, name: str, obj: dict[str, Any],
-                          group_sized: sizing.Sized, key: str, generation: int) -> None:
-    ops = sizing.template_patch(obj, target.group.resourcePolicy.containerName, group_sized, key, generation)
-    await rt.kube.json_patch(kind, obj["metadata"]["namespace"], name, ops)
 
 
 async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkflowSpec, targets: list[GroupTarget],
@@ -99,30 +96,44 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
         if rec.method == "default":
             problems.append(f"group {group.name!r}: no history for task {group.task!r} yet; the template is left alone")
             continue
-        pod_spec = ((target.obj.get("spec") or {}).get("worker") or {}).get("spec") or {}
-        try:
-            container = pod_spec["containers"][sizing.container_index(pod_spec, policy.containerName)]
-            annotation = ((target.obj.get("metadata") or {}).get("annotations") or {}).get(sizing.ANNOTATION_SIZED)
-            ok, why = sizing.should_apply(policy.mode, container, group_sized, annotation, key, generation)
-        except sizing.SizingError as exc:
-            problems.append(f"group {group.name!r}: {exc}")
+        templates = [(target.kind, target.name, target.obj)]
+        if target.kind == "DaskCluster":
+            # New default-group workers are built from the DaskWorkerGroup <cluster>-default, whose pod
+            # spec dask-kubernetes does not update from the DaskCluster: it is sized too, on its own terms.
+            default_name = default_worker_group_name(target.name)
+            default_group = await rt.kube.get("DaskWorkerGroup", namespace, default_name)
+            if default_group is None:
+                problems.append(f"group {group.name!r}: DaskWorkerGroup {default_name!r} is not created yet; retrying")
+            else:
+                templates.append(("DaskWorkerGroup", default_name, default_group))
+        written: tuple[str, str] | None = None
+        held_because: list[str] = []
+        failed = False
+        for kind, obj_name, obj in templates:
+            try:
+                _, container = find_container(worker_pod_spec(obj), policy.containerName)
+                ok, why = sizing.should_apply(policy.mode, container, group_sized, SizedMark.read(obj, key), generation)
+                if not ok:
+                    held_because.append(why)
+                    continue
+                change = sizing.describe_change(container, group_sized, rec.basis)
+                ops = sizing.template_patch(obj, policy.containerName, group_sized, key, generation)
+                await rt.kube.json_patch(kind, namespace, obj_name, ops)
+                written = written or (change, why)
+            except TemplateError as exc:
+                problems.append(f"group {group.name!r}: {kind} {obj_name!r}: {exc}")
+                failed = True
+            except Conflict as exc:
+                problems.append(f"group {group.name!r}: the template changed while sizing ({exc}); retrying")
+                failed = True
+            if failed:
+                break
+        if failed:
             continue
-        if not ok:
-            (recommend_only if policy.mode == "Off" else applied).append(f"{group.name}: {why}")
+        if written is None:
+            (recommend_only if policy.mode == "Off" else applied).append(f"{group.name}: {held_because[0]}")
             continue
-        change = sizing.describe_change(container, group_sized, rec.basis)
-        try:
-            await _patch_template(rt, target, target.kind, target.name, target.obj, group_sized, key, generation)
-            if target.kind == "DaskCluster":
-                # New default-group workers are built from the DaskWorkerGroup <cluster>-default, whose pod
-                # spec dask-kubernetes does not update from the DaskCluster: size it too.
-                default_group = await rt.kube.get("DaskWorkerGroup", namespace, f"{target.name}-default")
-                if default_group is not None:
-                    await _patch_template(rt, target, "DaskWorkerGroup", f"{target.name}-default", default_group,
-                                          group_sized, key, generation)
-        except (Conflict, sizing.SizingError) as exc:
-            problems.append(f"group {group.name!r}: the template changed while sizing ({exc}); retrying")
-            continue
+        change, why = written
         applied.append(f"{group.name}: {change}")
         result.events.append(("Resized", "Normal", f"group {group.name!r} ({policy.mode}): {change}; {why}. Running workers keep their resources; new workers get these."))
     if problems:
@@ -359,13 +370,11 @@ async def cleanup_workflow(rt: Runtime, body: Mapping[str, Any]) -> list[str]:
         spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
     except pydantic.ValidationError:
         return cleaned
-    names = [("DaskCluster", spec.clusterRef.name), ("DaskWorkerGroup", f"{spec.clusterRef.name}-default")]
-    names += [("DaskWorkerGroup", g.name) for g in spec.workerGroups if g.name != "default"]
+    names = [("DaskCluster", spec.clusterRef.name), ("DaskWorkerGroup", default_worker_group_name(spec.clusterRef.name))]
+    names += [("DaskWorkerGroup", g.name) for g in spec.workerGroups if g.name != DEFAULT_GROUP]
     for kind, obj_name in names:
         obj = await rt.kube.get(kind, namespace, obj_name)
-        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-        ours = {name: None for name in (sizing.ANNOTATION_SIZED, ANNOTATION_LAST_SCALE)
-                if annotations.get(name) and f'"workflow": "{key}"' in annotations[name]}
+        ours = {name: None for name in marks_of(obj, key)}
         if not ours:
             continue
         try:

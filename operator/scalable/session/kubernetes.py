@@ -21,7 +21,7 @@ from distributed import Client
 
 from scalable.session.local import TAG_RESOURCE_AMOUNT
 from scalable.session.manifest import Manifest, WorkerGroup, resource_name
-from scalable.units import format_cpu, format_memory
+from scalable.units import resources_block
 
 __all__ = ["KubernetesTarget", "worker_command", "pod_resources"]
 
@@ -41,9 +41,8 @@ def worker_command(group: WorkerGroup) -> list[str]:
 
 
 def pod_resources(group: WorkerGroup) -> dict[str, dict[str, str]]:
-    """Requests equal to limits, so the pod gets exactly what the worker believes it has."""
-    amounts = {"cpu": format_cpu(group.cpus), "memory": format_memory(group.memory)}
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    """Requests equal to limits, exactly the memory the worker's ``--memory-limit`` says."""
+    return resources_block(group.cpus, group.memory)
 
 
 class KubernetesTarget:

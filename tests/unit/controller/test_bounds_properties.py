@@ -116,7 +116,7 @@ def test_no_recommendation_leaves_min_allowed_or_max_allowed(cpus, memory, lo_cp
     if lo_mem and hi_mem and parse_memory(lo_mem) > parse_memory(hi_mem):
         lo_mem, hi_mem = hi_mem, lo_mem
     sized = sizing.clamp(cpus, memory, {"cpu": lo_cpu, "memory": lo_mem}, {"cpu": hi_cpu, "memory": hi_mem})
-    block = sizing.resources_block(sized)
+    block = sized.resources
     for values in (block["requests"], block["limits"]):
         written_cpu, written_mem = parse_cpu(values["cpu"]), parse_memory(values["memory"])
         if hi_cpu:

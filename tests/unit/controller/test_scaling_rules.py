@@ -4,7 +4,8 @@ persisted, queue split across groups, and which object holds a group's replicas.
 import json
 
 from scalable.controller.resources import ScalableWorkflowSpec
-from scalable.controller.scaling_loop import ANNOTATION_LAST_SCALE, GroupTarget, _shares, make_scaler, restore_history
+from scalable.controller.dask_objects import ANNOTATION_LAST_SCALE, GroupTarget
+from scalable.controller.scaling_loop import _shares, make_scaler, restore_history
 from scalable.controller.timestamps import parse_time
 from scalable.scaling.history import ScalingHistory
 

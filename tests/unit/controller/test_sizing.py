@@ -10,6 +10,7 @@ import jsonpatch
 import pytest
 
 from scalable.controller import sizing
+from scalable.controller.dask_objects import ANNOTATION_SIZED, SizedMark, TemplateError
 from scalable.units import GiB, MiB
 
 
@@ -53,7 +54,7 @@ def test_clamp_raises_to_min_allowed_and_to_the_floor():
 def test_decimal_bounds_are_respected_exactly():
     sized = sizing.clamp(1, 10 * GiB, None, {"memory": "1500M"})
     assert sized.memory_bytes == 1_500_000_000
-    block = sizing.resources_block(sized)
+    block = sized.resources
     # 1500M is not a whole MiB: the quantity must still mean exactly the bound, not more
     assert block["limits"]["memory"] == "1500000000"
 
@@ -67,7 +68,7 @@ def test_clamp_refuses_nonsense(bad):
 
 
 def test_requests_equal_limits():
-    block = sizing.resources_block(sizing.clamp(2, 6 * GiB))
+    block = sizing.clamp(2, 6 * GiB).resources
     assert block == {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "2", "memory": "6Gi"}}
 
 
@@ -78,7 +79,7 @@ def test_patch_sets_only_the_named_container_and_records_the_annotation():
     containers = patched["spec"]["worker"]["spec"]["containers"]
     assert "resources" not in containers[0]
     assert containers[1]["resources"]["limits"] == {"cpu": "2", "memory": "6Gi"}
-    note = json.loads(patched["metadata"]["annotations"][sizing.ANNOTATION_SIZED])
+    note = json.loads(patched["metadata"]["annotations"][ANNOTATION_SIZED])
     assert note == {"workflow": "ns/wf", "generation": 3, "cpu": "2", "memory": "6Gi"}
 
 
@@ -86,7 +87,7 @@ def test_patch_keeps_existing_annotations():
     obj = _cluster(annotations={"team": "hydro"})
     patched = jsonpatch.apply_patch(obj, sizing.template_patch(obj, "worker", sizing.clamp(1, GiB), "ns/wf", 1))
     assert patched["metadata"]["annotations"]["team"] == "hydro"
-    assert sizing.ANNOTATION_SIZED in patched["metadata"]["annotations"]
+    assert ANNOTATION_SIZED in patched["metadata"]["annotations"]
 
 
 def test_patch_fails_when_the_container_moved_meanwhile():
@@ -98,39 +99,41 @@ def test_patch_fails_when_the_container_moved_meanwhile():
 
 
 def test_missing_container_is_a_clear_error():
-    with pytest.raises(sizing.SizingError, match="no container named 'worker'.*'dask'"):
+    with pytest.raises(TemplateError, match="no container named 'worker'.*'dask'"):
         sizing.template_patch(_cluster(containers=("dask",)), "worker", sizing.clamp(1, GiB), "ns/wf", 1)
 
 
-def _annotation(generation, workflow="ns/wf"):
-    return json.dumps({"workflow": workflow, "generation": generation})
+def _mark(generation, workflow="ns/wf"):
+    """This workflow's mark as the operator reads it from an object another workflow may have sized."""
+    obj = {"metadata": {"annotations": {ANNOTATION_SIZED: json.dumps({"workflow": workflow, "generation": generation})}}}
+    return SizedMark.read(obj, "ns/wf")
 
 
 def test_off_never_applies():
-    ok, why = sizing.should_apply("Off", _cluster()["spec"]["worker"]["spec"]["containers"][0], sizing.clamp(1, GiB), None, "ns/wf", 1)
+    ok, why = sizing.should_apply("Off", _cluster()["spec"]["worker"]["spec"]["containers"][0], sizing.clamp(1, GiB), None, 1)
     assert not ok and "Off" in why
 
 
 def test_initial_applies_once_per_generation():
     container = {"name": "worker", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
     sized = sizing.clamp(2, 2 * GiB)
-    assert sizing.should_apply("Initial", container, sized, None, "ns/wf", 1)[0]
-    assert sizing.should_apply("Initial", container, sized, _annotation(1, "ns/other"), "ns/wf", 1)[0]
-    assert not sizing.should_apply("Initial", container, sized, _annotation(1), "ns/wf", 1)[0]
-    assert sizing.should_apply("Initial", container, sized, _annotation(1), "ns/wf", 2)[0]
+    assert sizing.should_apply("Initial", container, sized, None, 1)[0]
+    assert sizing.should_apply("Initial", container, sized, _mark(1, "ns/other"), 1)[0]
+    assert not sizing.should_apply("Initial", container, sized, _mark(1), 1)[0]
+    assert sizing.should_apply("Initial", container, sized, _mark(1), 2)[0]
 
 
 def test_auto_follows_the_recommendation_with_hysteresis():
     container = {"name": "worker", "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}
     small_move = sizing.clamp(2, 4 * GiB + 200 * MiB)
     big_move = sizing.clamp(2, 6 * GiB)
-    assert not sizing.should_apply("Auto", container, small_move, _annotation(1), "ns/wf", 1)[0]
-    assert sizing.should_apply("Auto", container, big_move, _annotation(1), "ns/wf", 1)[0]
+    assert not sizing.should_apply("Auto", container, small_move, _mark(1), 1)[0]
+    assert sizing.should_apply("Auto", container, big_move, _mark(1), 1)[0]
 
 
 def test_nothing_to_do_when_already_sized():
     container = {"name": "worker", "resources": {"requests": {"cpu": "2", "memory": "6Gi"}}}
-    ok, why = sizing.should_apply("Auto", container, sizing.clamp(2, 6 * GiB), None, "ns/wf", 1)
+    ok, why = sizing.should_apply("Auto", container, sizing.clamp(2, 6 * GiB), None, 1)
     assert not ok and "already" in why
 
 

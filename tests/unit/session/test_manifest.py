@@ -81,7 +81,8 @@ def test_memory_in_any_unit_and_kubernetes_worker_spec():
     assert group.memory == 4_000_000_000 and group.cpus == 0.5
     assert worker_command(group)[-2:] == ["--resources", "tag-gcam=1000000"]
     assert "--nthreads" in worker_command(group) and "4000000000" in worker_command(group)
-    assert pod_resources(group) == {"requests": {"cpu": "500m", "memory": "3815Mi"}, "limits": {"cpu": "500m", "memory": "3815Mi"}}
+    # the pod's limit is exactly the worker's --memory-limit (4G is not a whole MiB)
+    assert pod_resources(group) == {"requests": {"cpu": "500m", "memory": "4000000000"}, "limits": {"cpu": "500m", "memory": "4000000000"}}
     KubernetesTarget(manifest)
     with pytest.raises(ValueError, match="kubernetes.cluster"):
         KubernetesTarget(Manifest.model_validate({"worker_groups": [{"tag": "gcam"}]}))
