@@ -17,6 +17,8 @@ _EXPORTS = {
     "Recommendation": "scalable.advising.recommendation",
     "cross_validate": "scalable.advising.validation",
     "AdaptiveScaler": "scalable.scaling.scaler",
+    "ScalerConfig": "scalable.scaling.config",
+    "ScalingHistory": "scalable.scaling.history",
     "ScalableSession": "scalable.session.session",
     "RunStore": "scalable.telemetry.store",
 }
@@ -28,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from scalable.advising.recommendation import Recommendation
     from scalable.advising.resource_advisor import ResourceAdvisor
     from scalable.advising.validation import cross_validate
+    from scalable.scaling.config import ScalerConfig
+    from scalable.scaling.history import ScalingHistory
     from scalable.scaling.scaler import AdaptiveScaler
     from scalable.session.session import ScalableSession
     from scalable.telemetry.store import RunStore

@@ -223,10 +223,11 @@ scaling:
   poll_interval_seconds: 2
   scale_up_threshold: 0.8        # utilisation = tasks in flight / (workers x threads)
   scale_down_threshold: 0.3
-  cooldown_seconds: 60           # per group, from the last change
-  horizon_seconds: 90            # predictive look-ahead: the cooldown plus a worker's start-up
+  cooldown_seconds: 60           # per group, from the last applied change (a scale-up may follow a scale-down)
   # worker_startup_seconds: 5    # how long a new worker takes to join (default 5 local, 30 kubernetes)
+  # horizon_seconds: 65          # predictive look-ahead; default the cooldown plus a worker's start-up
   min_confidence: 0.5            # below it the scaler is reactive and says so
+  # max_scale_up_step: 4         # workers added per decision (default: as many as the queue needs)
   max_scale_down_step: 1         # idle workers retired per decision
 
 telemetry:

@@ -59,10 +59,13 @@ def test_every_documented_model_type_is_accepted(runs_dir, model_type):
     assert rec.memory_bytes > 0
 
 
-def test_scaler_accepts_the_advisor(runs_dir):
-    from scalable.scaling import scaler as scaling
-    from scalable import ResourceAdvisor
+def test_scaler_accepts_the_advisor_and_threads_its_history_as_the_readme_shows(runs_dir):
+    from scalable import AdaptiveScaler, ResourceAdvisor, ScalingHistory
 
     advisor = ResourceAdvisor.from_history(str(runs_dir))
-    scaling.AdaptiveScaler(advisor=advisor, min_workers={"demeter": 2}, max_workers={"demeter": 20},
-                           scale_up_threshold=0.8, scale_down_threshold=0.3, cooldown_seconds=60)
+    scaler = AdaptiveScaler(advisor=advisor, min_workers={"demeter": 2}, max_workers={"demeter": 20},
+                            scale_up_threshold=0.8, scale_down_threshold=0.3, cooldown_seconds=60)
+    history = ScalingHistory()
+    decision = scaler.evaluate({"demeter": {"queued": 40, "processing": 2, "workers": 2}}, history=history)
+    history = decision.commit(decision.changes)
+    assert decision.changes == ["demeter"] and history.of("demeter").last_action == "scale_up"
