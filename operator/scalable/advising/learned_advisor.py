@@ -35,9 +35,10 @@ from sklearn.base import BaseEstimator
 from scalable.advising import defaults
 from scalable.advising.calibration import ConformalCalibrator, conformal_quantile
 from scalable.advising.fallback_calibration import FallbackCalibration
-from scalable.advising.features import FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
+from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
+from scalable.advising.trend import InputTrend, TaskTrend
 from scalable.units import format_memory, parse_memory
 
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
@@ -213,6 +214,13 @@ class LearnedAdvisor(BaseEstimator):
         self.history_ = self.encoder_.history(frame)
         self._log = HistoryLog.of(self.encoder_, frame)
         self.feature_names_ = list(self.encoder_.feature_names_)
+        say("input trends")
+        inputs = frame[[c for c in frame.columns if c.startswith(FEATURE_PREFIX)]]
+        self.trend_ = InputTrend().fit(
+            frame["task"].astype(str).to_numpy(dtype=object),
+            inputs.rename(columns=lambda c: c[len(FEATURE_PREFIX):]),
+            targets["memory"].to_numpy(),
+        )
 
         n = len(frame)
         n_cal = int(round(n * self.calibration_fraction))
@@ -507,6 +515,11 @@ class LearnedAdvisor(BaseEstimator):
         n_tag = X[:, self._n_tag_column].astype(float)
         X = X[:, self.active_features_]
         centre, spread = self._memory_centre_spread(X)
+        beyond = self._beyond_seen(tasks, features)
+        if beyond:
+            centre = centre.copy()
+            for i, (added, _, _) in beyond.items():
+                centre[i] += added
         task_array = np.asarray(tasks, dtype=object)
         calibrator = self.calibrator_
         q = calibrator.thresholds(task_array, coverage)
@@ -545,7 +558,7 @@ class LearnedAdvisor(BaseEstimator):
             lower.tolist(), median.tolist(), miss.tolist(), width.tolist(), cpu_list, duration_list, whole_cpus,
         )
         out = []
-        for task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur, n_cpus in rows:
+        for i, (task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur, n_cpus) in enumerate(rows):
             if n < self.min_history:
                 reason = f"only {int(n)} runs of {task!r} known (fewer than min_history={self.min_history})"
                 out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
@@ -563,8 +576,9 @@ class LearnedAdvisor(BaseEstimator):
                     f"{self.model_type} model: p{pct} upper bound calibrated on held-out runs of {scope}"
                     f" ({n_cal.get(task, 0)} of this task), {int(n)} runs of history"
                 )
-                if mem > up:
-                    basis += "; raised to the minimum or an OOM floor"
+                if i in beyond:
+                    basis += _beyond_basis(*beyond[i][1:])
+                basis += self._floor_basis(task, mem, up)
             elif target == "cpus":
                 basis = f"{self.model_type} model: p{pct} of cpu usage ({cpus_exact:.2f} cpus)"
             else:
@@ -620,14 +634,82 @@ class LearnedAdvisor(BaseEstimator):
         trained: traces that log times and not memory still deserve the learned runtime."""
         models = getattr(self, "models_", {})
         if "duration" not in models or not hasattr(self, "active_features_"):
-            return [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
-        X, _ = self._request_features(tasks, features, tags, single)
-        n_hist = X[:, self.encoder_.feature_names_.index("task:duration:n")].astype(float)
-        duration = np.exp(self._predict("duration", X[:, self.active_features_]))
-        return [
-            self._fallback(t, target, coverage, reason, None, float(d), g, model_duration=n >= self.min_history)
-            for t, g, d, n in zip(tasks, tags, duration.tolist(), n_hist.tolist())
-        ]
+            answers = [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
+        else:
+            X, _ = self._request_features(tasks, features, tags, single)
+            n_hist = X[:, self.encoder_.feature_names_.index("task:duration:n")].astype(float)
+            duration = np.exp(self._predict("duration", X[:, self.active_features_]))
+            answers = [
+                self._fallback(t, target, coverage, reason, None, float(d), g, model_duration=n >= self.min_history)
+                for t, g, d, n in zip(tasks, tags, duration.tolist(), n_hist.tolist())
+            ]
+        if target not in (None, "memory") or getattr(self, "trend_", None) is None:
+            return answers
+        return [self._trend_answer(t, f, coverage, base) or base for t, f, base in zip(tasks, features, answers)]
+
+    def _trend_answer(self, task: str, features: Mapping[str, Any], coverage: float,
+                      base: Recommendation) -> Recommendation | None:
+        """Memory from the task's input trend, when the trees have too little history to be
+        trained and calibrated; None when the task has no informative input or too few runs."""
+        found = self.trend_.upper(task, features, coverage)
+        if found is None:
+            return None
+        centre, upper_log, line, how = found
+        if line.feature is None or line.n < self.min_history:
+            return None
+        median, upper = math.exp(centre), math.exp(min(upper_log, 700.0))
+        width = upper / max(median, 1.0) - 1.0
+        n_effective = float(line.n)
+        confidence = round(n_effective / (n_effective + HISTORY_SCALE) / (1.0 + max(width, 0.0)), 2)
+        if confidence < self.confidence_threshold:
+            return None
+        memory = max(upper, self.min_memory_bytes_, self._oom_floor(task))
+        x = features.get(line.feature)
+        basis = (
+            f"input trend: p{_percent(coverage)} upper bound of peak memory ~ {line.feature}^{line.slope:.2f} "
+            f"over {line.n} runs of this task ({how})"
+        )
+        added, _, seen = self.trend_.extrapolation(task, features)
+        if added > 0:
+            basis += _beyond_basis(line, seen)
+        basis += self._floor_basis(task, memory, upper)
+        memory_bytes = math.ceil(memory)
+        return Recommendation._trusted(
+            cpus=base.cpus,
+            memory_bytes=memory_bytes,
+            confidence=confidence,
+            method="learned",
+            basis=basis,
+            predicted_duration_s=base.predicted_duration_s,
+            interval=(int(math.exp(centre - (upper_log - centre))), memory_bytes),
+            coverage=coverage,
+            model_version=self.model_version_,
+            task=task,
+            cpus_exact=base.cpus_exact,
+            details={"history": line.n, "predicted_median_memory_bytes": median, "interval_width": width,
+                     "trend_feature": line.feature, "trend_exponent": line.slope, "trend_input": x},
+        )
+
+    def _beyond_seen(self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]]) -> dict[int, tuple[float, TaskTrend, float]]:
+        """Requests whose input is above the largest their task ran with: (log-space addition to the
+        centre along the task's trend, the trend, the input)."""
+        trend = getattr(self, "trend_", None)
+        if trend is None or not trend.trends_:
+            return {}
+        out = {}
+        for i, (task, inputs) in enumerate(zip(tasks, features)):
+            added, line, x = trend.extrapolation(task, inputs)
+            if added > 0:
+                out[i] = (added, line, x)
+        return out
+
+    def _floor_basis(self, task: str, memory: float, upper: float) -> str:
+        """Says when a policy floor, not the model, decided the memory (applied after the model)."""
+        if memory <= upper:
+            return ""
+        if memory == self._oom_floor(task) and memory > self.min_memory_bytes_:
+            return f"; raised to the OOM floor {format_memory(memory)} (a run of this task was killed at less)"
+        return f"; raised to the minimum {format_memory(self.min_memory_bytes_)} (the model said {format_memory(upper)})"
 
     def _oom_floor(self, task: str) -> float:
         history = self.fallback_.tasks_.get(task)
@@ -782,6 +864,7 @@ class LearnedAdvisor(BaseEstimator):
             "fallback_calibration": (
                 self.fallback_calibration_.to_state() if getattr(self, "fallback_calibration_", None) else None
             ),
+            "trend": self.trend_.to_state() if getattr(self, "trend_", None) is not None else None,
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
         self.model_version_ = version_dir.name
@@ -839,6 +922,8 @@ class LearnedAdvisor(BaseEstimator):
         advisor.fallback_ = ResourceAdvisor.from_state(payload["fallback"])
         stored = payload.get("fallback_calibration")
         advisor.fallback_calibration_ = FallbackCalibration.from_state(stored) if stored is not None else None
+        trend = payload.get("trend")  # absent in models stored before input trends
+        advisor.trend_ = InputTrend.from_state(trend) if trend is not None else None
         advisor.quality_ = dict(metadata.get("quality") or {})
         advisor.training_ = dict(metadata.get("training") or {})
         advisor.model_version_ = version
@@ -865,6 +950,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.models_ = {}
         advisor.calibrator_ = None
         advisor.fallback_calibration_ = None
+        advisor.trend_ = None
         advisor.cpu_scores_ = np.zeros(0)
         advisor.quality_ = {}
         advisor.training_ = {}
@@ -879,6 +965,11 @@ class LearnedAdvisor(BaseEstimator):
 #: below this many rows OpenMP's thread start-up and, on a shared machine, its spin-waiting
 #: cost more than a second core gains
 _PARALLEL_ROWS = 50_000
+
+
+def _beyond_basis(line: TaskTrend, x: float) -> str:
+    return (f"; {line.feature}={x:g} is {x / line.x_max:.1f}x the largest this task ran with ({line.x_max:g}): "
+            f"memory continues its trend (exponent {line.slope:.2f})")
 
 
 def _threads(n_rows: int, n_jobs: int | None) -> int | None:

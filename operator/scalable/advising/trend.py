@@ -1,0 +1,217 @@
+"""InputTrend: how a task's peak memory grows with an input size, learned from a handful of runs.
+
+Trees answer within the inputs they saw: for an input twice the largest seen they repeat the
+largest peak, and the first run on a bigger input is the one the kernel kills. Memory usually
+follows a power of the input size (linear data structures: exponent 1; sorting buffers,
+matrices: other exponents), so per task a straight line in log-log space is fitted,
+``log peak = a + b log x``, on the numeric input whose line predicts the task's own runs best
+left-one-out, and only when it beats the task's mean. ``b`` is kept in ``[0, MAX_SLOPE]``: a
+larger input never gets less memory.
+
+Two uses, both in :class:`~scalable.advising.learned_advisor.LearnedAdvisor`:
+
+* **beyond the seen range** the model's centre is continued along the line:
+  :meth:`InputTrend.extrapolation` is ``b (log x - log x_max)`` for ``x`` above the largest
+  input the task ran with, 0 inside;
+* **short history** (too few runs to train and calibrate the trees) the line *is* the model,
+  with an upper bound from its left-one-out errors (:meth:`InputTrend.upper`): the residuals
+  of every task, studentised by their task's spread, give a conformal quantile once there are
+  enough of them (jackknife+ style: each from a fit that did not see the run), and below that
+  Student's t prediction interval of the regression, which assumes log-normal errors and
+  says so in its ``method``. A task's spread is shrunk towards the spread of all tasks, so
+  five runs that happen to agree do not promise a razor-thin interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["InputTrend", "TaskTrend", "MAX_SLOPE"]
+
+#: exponents above this are taken as noise on few runs, not as a law of the task
+MAX_SLOPE = 2.0
+#: distinct input values a line needs
+MIN_DISTINCT = 3
+#: the smallest spread (natural log) a task is credited with: peaks are measured by sampling
+MIN_SIGMA = 0.03
+#: pseudo-observations of the pooled spread in a task's own
+SIGMA_PRIOR_WEIGHT = 2.0
+#: a task's line is fitted on its latest runs: enough to see a trend, cheap on a million records
+RECENT_RUNS = 200
+
+
+@dataclass(frozen=True)
+class TaskTrend:
+    """One task's line (``feature`` None: its mean) and what its interval needs."""
+
+    feature: str | None
+    intercept: float
+    slope: float
+    n: int
+    sigma: float
+    mean_log_x: float = 0.0
+    sxx: float = 0.0
+    x_max: float = 0.0
+
+    def centre(self, x: float | None) -> float:
+        if self.feature is None or x is None:
+            return self.intercept + self.slope * self.mean_log_x
+        return self.intercept + self.slope * math.log(x)
+
+    def leverage(self, x: float | None) -> float:
+        if self.feature is None or x is None or self.sxx <= 0:
+            return 1.0 / self.n
+        return 1.0 / self.n + (math.log(x) - self.mean_log_x) ** 2 / self.sxx
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        return self.n - (2 if self.feature is not None else 1)
+
+
+def _positive_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _line(lx: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray, float, float]:
+    """Intercept, slope (clipped to [0, MAX_SLOPE]), left-one-out residuals, mean and Sxx of log x."""
+    n = len(y)
+    mean_lx = float(lx.mean())
+    sxx = float(((lx - mean_lx) ** 2).sum())
+    slope = float(((lx - mean_lx) * (y - y.mean())).sum() / sxx) if sxx > 0 else 0.0
+    slope = min(max(slope, 0.0), MAX_SLOPE)
+    intercept = float((y - slope * lx).mean())
+    residual = y - (intercept + slope * lx)
+    leverage = 1.0 / n + ((lx - mean_lx) ** 2 / sxx if sxx > 0 else 0.0)
+    return intercept, slope, residual / np.maximum(1.0 - leverage, 1e-6), mean_lx, sxx
+
+
+def _mean(y: np.ndarray) -> tuple[float, np.ndarray]:
+    n = len(y)
+    residual = y - y.mean()
+    return float(y.mean()), residual * n / max(n - 1, 1)
+
+
+class InputTrend:
+    """Per task log-log lines of peak memory on an input size; see the module docstring.
+
+    ``min_runs`` is the fewest runs of a task it fits anything for.
+    """
+
+    def __init__(self, min_runs: int = 3) -> None:
+        self.min_runs = min_runs
+
+    def fit(self, tasks: Sequence[str], inputs: pd.DataFrame, log_memory: np.ndarray) -> "InputTrend":
+        """``inputs`` has one column per input feature (row-aligned with ``tasks``), ``log_memory``
+        the runs' log peaks (NaN: not a usable observation). A task's latest ``RECENT_RUNS``
+        usable runs are what its line is fitted on: the law a task follows now."""
+        tasks = np.asarray(tasks, dtype=object)
+        log_memory = np.asarray(log_memory, dtype=float)
+        numeric = {}
+        for name in inputs.columns:
+            values = pd.to_numeric(inputs[name], errors="coerce").to_numpy(dtype=float, copy=True)
+            values[~(values > 0)] = np.nan
+            if np.isfinite(values).any():
+                numeric[str(name)] = values
+        usable = np.flatnonzero(np.isfinite(log_memory))
+        order = usable[np.argsort(tasks[usable].astype(str), kind="stable")]
+        names = tasks[order].astype(str)
+        starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(order) else np.zeros(0, dtype=int)
+        fits: dict[str, tuple[TaskTrend, np.ndarray]] = {}
+        for start, end in zip(starts, np.r_[starts[1:], len(order)]):
+            rows = order[start:end][-RECENT_RUNS:]
+            if len(rows) < self.min_runs:
+                continue
+            y = log_memory[rows]
+            mean, loo_mean = _mean(y)
+            best = (float((loo_mean**2).sum()), None, mean, 0.0, loo_mean, 0.0, 0.0, 0.0)
+            for name in sorted(numeric):
+                values = numeric[name][rows]
+                if not np.isfinite(values).all() or len(np.unique(values)) < MIN_DISTINCT:
+                    continue
+                lx = np.log(values)
+                intercept, slope, loo, mean_lx, sxx = _line(lx, y)
+                error = float((loo**2).sum())
+                if slope > 0 and error < best[0]:
+                    best = (error, name, intercept, slope, loo, mean_lx, sxx, float(np.nanmax(numeric[name][order[start:end]])))
+            _, name, intercept, slope, loo, mean_lx, sxx, x_max = best
+            dof = len(rows) - (2 if name is not None else 1)
+            sigma = float(np.sqrt((loo**2).sum() / len(rows))) if dof > 0 else float("nan")
+            fits[str(names[start])] = (TaskTrend(name, intercept, slope, len(rows), sigma, mean_lx, sxx, x_max), loo)
+        known = [t.sigma for t, _ in fits.values() if math.isfinite(t.sigma)]
+        self.pooled_sigma_ = max(float(np.median(known)) if known else MIN_SIGMA, MIN_SIGMA)
+        self.trends_: dict[str, TaskTrend] = {}
+        scores = []
+        for task, (trend, loo) in fits.items():
+            trend = self._shrunk(trend)
+            self.trends_[task] = trend
+            scores.append(loo / trend.sigma)
+        self.scores_ = np.sort(np.concatenate(scores)) if scores else np.zeros(0)
+        return self
+
+    def _shrunk(self, trend: TaskTrend) -> TaskTrend:
+        dof = max(trend.degrees_of_freedom, 0)
+        own = trend.sigma if math.isfinite(trend.sigma) else self.pooled_sigma_
+        variance = (dof * own**2 + SIGMA_PRIOR_WEIGHT * self.pooled_sigma_**2) / (dof + SIGMA_PRIOR_WEIGHT)
+        return TaskTrend(**{**asdict(trend), "sigma": max(math.sqrt(variance), MIN_SIGMA)})
+
+    def _input(self, trend: TaskTrend, features: Mapping[str, Any]) -> float | None:
+        return None if trend.feature is None else _positive_number(features.get(trend.feature))
+
+    def extrapolation(self, task: str, features: Mapping[str, Any]) -> tuple[float, TaskTrend | None, float | None]:
+        """(log-space addition, the task's line, the input) for an input above the largest seen; 0 inside."""
+        trend = self.trends_.get(task)
+        if trend is None or trend.feature is None or trend.slope <= 0:
+            return 0.0, trend, None
+        x = self._input(trend, features)
+        if x is None or x <= trend.x_max:
+            return 0.0, trend, x
+        return trend.slope * (math.log(x) - math.log(trend.x_max)), trend, x
+
+    def quantile(self, trend: TaskTrend, coverage: float) -> tuple[float, str]:
+        """The studentised error quantile for ``coverage`` and how it was obtained."""
+        n = len(self.scores_)
+        level = math.ceil((n + 1) * coverage)
+        if n and level <= n:
+            return float(self.scores_[level - 1]), f"conformal on {n} left-one-out errors of all tasks"
+        from scipy.stats import t as student
+
+        dof = max(trend.degrees_of_freedom, 1)
+        return float(student.ppf(coverage, dof)), f"t prediction interval ({dof} degrees of freedom, log-normal errors assumed)"
+
+    def upper(self, task: str, features: Mapping[str, Any], coverage: float) -> tuple[float, float, TaskTrend, str] | None:
+        """(log centre, log upper bound, the line, how the bound was obtained); None without a line."""
+        trend = self.trends_.get(task)
+        if trend is None:
+            return None
+        x = self._input(trend, features)
+        centre = trend.centre(x)
+        q, method = self.quantile(trend, coverage)
+        return centre, centre + q * trend.sigma * math.sqrt(1.0 + trend.leverage(x)), trend, method
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "min_runs": self.min_runs,
+            "pooled_sigma": self.pooled_sigma_,
+            "scores": self.scores_.tolist(),
+            "trends": {task: asdict(trend) for task, trend in self.trends_.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "InputTrend":
+        trend = cls(int(state["min_runs"]))
+        trend.pooled_sigma_ = float(state["pooled_sigma"])
+        trend.scores_ = np.asarray(state["scores"], dtype=float)
+        trend.trends_ = {task: TaskTrend(**fields) for task, fields in state["trends"].items()}
+        return trend
