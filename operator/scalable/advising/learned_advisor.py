@@ -518,8 +518,9 @@ class LearnedAdvisor(BaseEstimator):
         beyond = self._beyond_seen(tasks, features)
         if beyond:
             centre = centre.copy()
-            for i, (added, _, _) in beyond.items():
-                centre[i] += added
+            for i, (added, line, x) in beyond.items():
+                # the trees' edge leaf averages the upper sizes; the line itself is the floor there
+                centre[i] = max(centre[i] + added, line.centre(x))
         task_array = np.asarray(tasks, dtype=object)
         calibrator = self.calibrator_
         q = calibrator.thresholds(task_array, coverage)
@@ -666,7 +667,7 @@ class LearnedAdvisor(BaseEstimator):
         memory = max(upper, self.min_memory_bytes_, self._oom_floor(task))
         x = features.get(line.feature)
         basis = (
-            f"input trend: p{_percent(coverage)} upper bound of peak memory ~ {line.feature}^{line.slope:.2f} "
+            f"input trend: p{_percent(coverage)} upper bound of peak memory ~ {line.exponent} "
             f"over {line.n} runs of this task ({how})"
         )
         added, _, seen = self.trend_.extrapolation(task, features)
@@ -969,7 +970,7 @@ _PARALLEL_ROWS = 50_000
 
 def _beyond_basis(line: TaskTrend, x: float) -> str:
     return (f"; {line.feature}={x:g} is {x / line.x_max:.1f}x the largest this task ran with ({line.x_max:g}): "
-            f"memory continues its trend (exponent {line.slope:.2f})")
+            f"memory continues its trend ~ {line.exponent}")
 
 
 def _threads(n_rows: int, n_jobs: int | None) -> int | None:

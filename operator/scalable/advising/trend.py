@@ -2,17 +2,18 @@
 
 Trees answer within the inputs they saw: for an input twice the largest seen they repeat the
 largest peak, and the first run on a bigger input is the one the kernel kills. Memory usually
-follows a power of the input size (linear data structures: exponent 1; sorting buffers,
-matrices: other exponents), so per task a straight line in log-log space is fitted,
-``log peak = a + b log x``, on the numeric input whose line predicts the task's own runs best
-left-one-out, and only when it beats the task's mean. ``b`` is kept in ``[0, MAX_SLOPE]``: a
-larger input never gets less memory.
+follows its input: a fixed base plus a cost per unit (linear), or a power of the size
+(sorting buffers, matrices). Per task, both laws are fitted on each numeric input, the linear
+one in bytes and the power one as a straight line in log-log space, and the law and input
+whose line predicts the task's own runs best left-one-out is kept, only when it beats the
+task's mean. Slopes are kept non-negative (a larger input never gets less memory) and a
+power's exponent at most ``MAX_SLOPE``.
 
 Two uses, both in :class:`~scalable.advising.learned_advisor.LearnedAdvisor`:
 
 * **beyond the seen range** the model's centre is continued along the line:
-  :meth:`InputTrend.extrapolation` is ``b (log x - log x_max)`` for ``x`` above the largest
-  input the task ran with, 0 inside;
+  :meth:`InputTrend.extrapolation` is how much the line rises (in log space) from the largest
+  input the task ran with to ``x``, 0 inside;
 * **short history** (too few runs to train and calibrate the trees) the line *is* the model,
   with an upper bound from its left-one-out errors (:meth:`InputTrend.upper`): the residuals
   of every task, studentised by their task's spread, give a conformal quantile once there are
@@ -55,19 +56,30 @@ class TaskTrend:
     slope: float
     n: int
     sigma: float
-    mean_log_x: float = 0.0
-    sxx: float = 0.0
+    mean_u: float = 0.0
+    suu: float = 0.0
     x_max: float = 0.0
+    #: "power": log peak = intercept + slope log x; "linear": peak = intercept + slope x
+    form: str = "power"
+
+    def _u(self, x: float) -> float:
+        return math.log(x) if self.form == "power" else x
 
     def centre(self, x: float | None) -> float:
-        if self.feature is None or x is None:
-            return self.intercept + self.slope * self.mean_log_x
-        return self.intercept + self.slope * math.log(x)
+        """Log peak memory the line gives for input ``x`` (its mean input when unknown)."""
+        u = self.mean_u if self.feature is None or x is None else self._u(x)
+        value = self.intercept + self.slope * u
+        return value if self.form == "power" else math.log(max(value, 1.0))
 
     def leverage(self, x: float | None) -> float:
-        if self.feature is None or x is None or self.sxx <= 0:
+        if self.feature is None or x is None or self.suu <= 0:
             return 1.0 / self.n
-        return 1.0 / self.n + (math.log(x) - self.mean_log_x) ** 2 / self.sxx
+        return 1.0 / self.n + (self._u(x) - self.mean_u) ** 2 / self.suu
+
+    @property
+    def exponent(self) -> str:
+        """The law in words for a basis: ``size^0.82`` or ``size (linear)``."""
+        return f"{self.feature}^{self.slope:.2f}" if self.form == "power" else f"{self.feature} (linear, {self.slope:.3g} bytes per unit)"
 
     @property
     def degrees_of_freedom(self) -> int:
@@ -84,17 +96,33 @@ def _positive_number(value: Any) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _line(lx: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray, float, float]:
-    """Intercept, slope (clipped to [0, MAX_SLOPE]), left-one-out residuals, mean and Sxx of log x."""
-    n = len(y)
-    mean_lx = float(lx.mean())
-    sxx = float(((lx - mean_lx) ** 2).sum())
-    slope = float(((lx - mean_lx) * (y - y.mean())).sum() / sxx) if sxx > 0 else 0.0
-    slope = min(max(slope, 0.0), MAX_SLOPE)
-    intercept = float((y - slope * lx).mean())
-    residual = y - (intercept + slope * lx)
-    leverage = 1.0 / n + ((lx - mean_lx) ** 2 / sxx if sxx > 0 else 0.0)
-    return intercept, slope, residual / np.maximum(1.0 - leverage, 1e-6), mean_lx, sxx
+def _line(u: np.ndarray, v: np.ndarray, max_slope: float) -> tuple[float, float, np.ndarray, np.ndarray, float, float]:
+    """Least squares ``v = a + b u`` with ``b`` clipped to [0, max_slope]: intercept, slope, the
+    fitted values, the left-one-out predictions, mean and Suu of ``u``."""
+    n = len(v)
+    mean_u = float(u.mean())
+    suu = float(((u - mean_u) ** 2).sum())
+    slope = float(((u - mean_u) * (v - v.mean())).sum() / suu) if suu > 0 else 0.0
+    slope = min(max(slope, 0.0), max_slope)
+    intercept = float((v - slope * u).mean())
+    fitted = intercept + slope * u
+    leverage = 1.0 / n + ((u - mean_u) ** 2 / suu if suu > 0 else 0.0)
+    loo = v - (v - fitted) / np.maximum(1.0 - leverage, 1e-6)
+    return intercept, slope, fitted, loo, mean_u, suu
+
+
+def _candidates(x: np.ndarray, y: np.ndarray) -> list[tuple[str, float, float, np.ndarray, float, float]]:
+    """Both laws for one input: (form, intercept, slope, left-one-out log errors, mean and Suu of
+    the form's input). Linear is fitted in bytes (a fixed base plus a cost per unit is the
+    commonest memory law, and its log-log line bends: a power fitted to it falls short beyond
+    the sizes seen); its errors are measured in log space like the power law's."""
+    out = []
+    intercept, slope, _, loo, mean_u, suu = _line(np.log(x), y, MAX_SLOPE)
+    out.append(("power", intercept, slope, y - loo, mean_u, suu))
+    peak = np.exp(y)
+    intercept, slope, _, loo, mean_u, suu = _line(x, peak, math.inf)
+    out.append(("linear", intercept, slope, y - np.log(np.maximum(loo, 1.0)), mean_u, suu))
+    return out
 
 
 def _mean(y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -104,7 +132,7 @@ def _mean(y: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 class InputTrend:
-    """Per task log-log lines of peak memory on an input size; see the module docstring.
+    """Per task lines of peak memory on an input size; see the module docstring.
 
     ``min_runs`` is the fewest runs of a task it fits anything for.
     """
@@ -135,20 +163,21 @@ class InputTrend:
                 continue
             y = log_memory[rows]
             mean, loo_mean = _mean(y)
-            best = (float((loo_mean**2).sum()), None, mean, 0.0, loo_mean, 0.0, 0.0, 0.0)
+            best = (float((loo_mean**2).sum()), None, "power", mean, 0.0, loo_mean, 0.0, 0.0, 0.0)
             for name in sorted(numeric):
                 values = numeric[name][rows]
                 if not np.isfinite(values).all() or len(np.unique(values)) < MIN_DISTINCT:
                     continue
-                lx = np.log(values)
-                intercept, slope, loo, mean_lx, sxx = _line(lx, y)
-                error = float((loo**2).sum())
-                if slope > 0 and error < best[0]:
-                    best = (error, name, intercept, slope, loo, mean_lx, sxx, float(np.nanmax(numeric[name][order[start:end]])))
-            _, name, intercept, slope, loo, mean_lx, sxx, x_max = best
+                x_max = float(np.nanmax(numeric[name][order[start:end]]))
+                for form, intercept, slope, loo, mean_u, suu in _candidates(values, y):
+                    error = float((loo**2).sum())
+                    if slope > 0 and error < best[0]:
+                        best = (error, name, form, intercept, slope, loo, mean_u, suu, x_max)
+            _, name, form, intercept, slope, loo, mean_u, suu, x_max = best
             dof = len(rows) - (2 if name is not None else 1)
             sigma = float(np.sqrt((loo**2).sum() / len(rows))) if dof > 0 else float("nan")
-            fits[str(names[start])] = (TaskTrend(name, intercept, slope, len(rows), sigma, mean_lx, sxx, x_max), loo)
+            trend = TaskTrend(name, intercept, slope, len(rows), sigma, mean_u, suu, x_max, form)
+            fits[str(names[start])] = (trend, loo)
         known = [t.sigma for t, _ in fits.values() if math.isfinite(t.sigma)]
         self.pooled_sigma_ = max(float(np.median(known)) if known else MIN_SIGMA, MIN_SIGMA)
         self.trends_: dict[str, TaskTrend] = {}
@@ -177,7 +206,7 @@ class InputTrend:
         x = self._input(trend, features)
         if x is None or x <= trend.x_max:
             return 0.0, trend, x
-        return trend.slope * (math.log(x) - math.log(trend.x_max)), trend, x
+        return trend.centre(x) - trend.centre(trend.x_max), trend, x
 
     def quantile(self, trend: TaskTrend, coverage: float) -> tuple[float, str]:
         """The studentised error quantile for ``coverage`` and how it was obtained."""
