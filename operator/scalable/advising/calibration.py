@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["ConformalCalibrator", "conformal_quantile"]
+__all__ = ["ConformalCalibrator", "conditional_quantile", "conformal_quantile"]
 
 
 def conformal_quantile(sorted_scores: np.ndarray, coverage: float) -> float:
@@ -34,6 +34,15 @@ def conformal_quantile(sorted_scores: np.ndarray, coverage: float) -> float:
     if rank > n:
         return math.inf
     return float(sorted_scores[max(rank, 1) - 1])
+
+
+def conditional_quantile(sorted_scores: np.ndarray, above: float, coverage: float) -> tuple[float, int] | None:
+    """The conformal ``coverage`` quantile of the scores above ``above`` and how many there are:
+    what the next attempt needs when the last one failed at ``above``. None when too few runs
+    needed more than that to promise ``coverage``."""
+    tail = sorted_scores[np.searchsorted(sorted_scores, above, side="right"):]
+    q = conformal_quantile(tail, coverage)
+    return (q, int(tail.size)) if math.isfinite(q) else None
 
 
 def _mapped(values: Mapping[str, float], keys: np.ndarray, default: float) -> np.ndarray:
@@ -128,6 +137,10 @@ class ConformalCalibrator:
         )
         self._levels[coverage] = levels
         return levels
+
+    def scores_for(self, task: str) -> np.ndarray:
+        """The sorted scores a task's quantile comes from: its own when it has enough, else all."""
+        return self._by_task.get(str(task), self._sorted)
 
     def thresholds(self, tasks: np.ndarray, coverage: float) -> np.ndarray:
         levels = self.levels(coverage)

@@ -33,7 +33,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from scalable.advising import defaults
-from scalable.advising.calibration import ConformalCalibrator, conformal_quantile
+from scalable.advising.calibration import ConformalCalibrator, conditional_quantile, conformal_quantile
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
@@ -432,11 +432,20 @@ class LearnedAdvisor(BaseEstimator):
         target: str | None = None,
         coverage: float | None = None,
         tag: str | None = None,
+        failed_memory: str | int | None = None,
     ) -> Recommendation:
         """Resources for the next run of ``task`` with these inputs.
 
-        An answer for the same question is cached until the next ``fit``/``update``.
+        ``failed_memory`` is the memory at which the last attempt of this run was OOM-killed
+        (any quantity, "4Gi"): the answer is then the ``coverage`` quantile of what runs that
+        needed more than that needed, from the same calibration, at most double the failed
+        memory, and double it when too few runs needed more to say. An answer for the same question is cached until
+        the next ``fit``/``update``.
         """
+        if failed_memory is not None:
+            plain = self.recommend(task, input_features, target, coverage, tag)
+            return self._after_failure(plain, task, dict(input_features or {}), parse_memory(failed_memory),
+                                       self._coverage(coverage))
         self._require_fitted()
         if target not in TARGETS:
             raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
@@ -690,6 +699,33 @@ class LearnedAdvisor(BaseEstimator):
             details={"history": line.n, "predicted_median_memory_bytes": median, "interval_width": width,
                      "trend_feature": line.feature, "trend_exponent": line.slope, "trend_input": x},
         )
+
+    def _after_failure(self, plain: Recommendation, task: str, features: Mapping[str, Any], failed: int,
+                       coverage: float) -> Recommendation:
+        """``plain`` for a run just OOM-killed at ``failed`` bytes (see :meth:`recommend`)."""
+        median = plain.details.get("predicted_median_memory_bytes")
+        answer: tuple[float, str] | None = None
+        if plain.method == "learned" and median and failed > 0:
+            centre = math.log(median)
+            if plain.details.get("trend_feature") is not None:
+                answer = self.trend_.after_failure(task, features, math.log(failed), coverage)
+            elif float(getattr(self, "spread_power", 0.0) or 0.0) == 0.0 and self.calibrator_ is not None:
+                found = conditional_quantile(self.calibrator_.scores_for(task), math.log(failed) - centre, coverage)
+                if found is not None:
+                    answer = (centre + found[0], f"conformal on the {found[1]} held-out runs that needed more")
+        if answer is not None and failed < math.exp(min(answer[0], 700.0)) < 2 * failed:
+            memory = math.ceil(math.exp(answer[0]))
+            how = f"p{_percent(coverage)} of what runs needing more than that needed ({answer[1]})"
+        else:  # doubling, the retry convention of workflow managers, is also the most a tail estimate may ask
+            memory, how = 2 * failed, "doubled: too few runs needed more than that to calibrate the next attempt"
+        memory = max(memory, plain.memory_bytes if plain.memory_bytes > failed else 0)
+        basis = f"{plain.basis}; the last attempt was OOM-killed at {format_memory(failed)}: {format_memory(memory)}, {how}"
+        return Recommendation._trusted(**{
+            **{k: getattr(plain, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
+                                              "model_version", "task", "cpus_exact", "keys_shown")},
+            "memory_bytes": memory, "basis": basis, "interval": (failed, memory),
+            "details": {**plain.details, "failed_memory_bytes": failed},
+        })
 
     def _beyond_seen(self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]]) -> dict[int, tuple[float, TaskTrend, float]]:
         """Requests whose input is above the largest their task ran with: (log-space addition to the

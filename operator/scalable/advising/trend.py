@@ -219,6 +219,30 @@ class InputTrend:
         dof = max(trend.degrees_of_freedom, 1)
         return float(student.ppf(coverage, dof)), f"t prediction interval ({dof} degrees of freedom, log-normal errors assumed)"
 
+    def after_failure(self, task: str, features: Mapping[str, Any], failed_log: float, coverage: float) -> tuple[float, str] | None:
+        """Log memory for the next attempt of a run that failed at ``exp(failed_log)``: the
+        ``coverage`` quantile of the errors above the one that failure implies."""
+        trend = self.trends_.get(task)
+        if trend is None:
+            return None
+        x = self._input(trend, features)
+        centre = trend.centre(x)
+        scale = trend.sigma * math.sqrt(1.0 + trend.leverage(x))
+        above = (failed_log - centre) / scale
+        from scalable.advising.calibration import conditional_quantile
+
+        found = conditional_quantile(self.scores_, above, coverage)
+        if found is not None:
+            return centre + found[0] * scale, f"conformal on the {found[1]} left-one-out errors above it"
+        from scipy.stats import t as student
+
+        dof = max(trend.degrees_of_freedom, 1)
+        level = student.cdf(above, dof)
+        if level >= 1.0 - 1e-12:
+            return None
+        q = float(student.ppf(level + coverage * (1.0 - level), dof))
+        return centre + q * scale, f"t prediction interval above it ({dof} degrees of freedom)"
+
     def upper(self, task: str, features: Mapping[str, Any], coverage: float) -> tuple[float, float, TaskTrend, str] | None:
         """(log centre, log upper bound, the line, how the bound was obtained); None without a line."""
         trend = self.trends_.get(task)

@@ -78,3 +78,14 @@ def test_a_floor_that_decides_is_said():
     advisor = LearnedAdvisor(min_memory="4Gi").fit(_history(5))
     rec = advisor.recommend("sim", input_features={"size": 200})
     assert rec.memory_bytes == 4 * 1024 * MiB and "raised to the minimum 4Gi (the model said" in rec.basis
+
+
+@pytest.mark.parametrize("n", [5, 200])
+def test_after_an_oom_kill_the_next_attempt_is_above_the_failure_and_at_most_double(n):
+    advisor = LearnedAdvisor().fit(_history(n))
+    plain = advisor.recommend("sim", input_features={"size": 500})
+    retry = advisor.recommend("sim", input_features={"size": 500}, failed_memory=plain.memory_bytes)
+    assert plain.memory_bytes < retry.memory_bytes <= 2 * plain.memory_bytes
+    assert "OOM-killed at" in retry.basis and retry.details["failed_memory_bytes"] == plain.memory_bytes
+    far = advisor.recommend("sim", input_features={"size": 500}, failed_memory="64Gi")
+    assert far.memory == "128Gi" and "doubled" in far.basis
