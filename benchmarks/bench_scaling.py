@@ -318,10 +318,10 @@ def shown(figure: dict[str, Any], fmt: str) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """What ran, beyond the machine that ``write_result`` records: libraries, interpreter, code.
+    """What runs, beyond the machine that ``write_result`` records: libraries, interpreter, code.
 
     Other engineers edit this tree while benchmarks run, so the files that differ from the
-    commit are listed: the figures belong to that commit only when the list is empty.
+    commit at the start are listed: the figures belong to that commit only when the list is empty.
     """
     def git(*args: str) -> str:
         try:
@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=110, help="warm-up tasks the advisor trains on (>= 100 to calibrate)")
     args = parser.parse_args(argv)
     started = time.time()
+    ran = environment()
     configs = configurations()
     dask.config.set({"distributed.worker.multiprocessing-method": WORKER_START})
     waves = 2 if args.quick else 4
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result(
         "scaling",
         {
-            "environment": environment(),
+            "environment": ran,
             "workload": {
                 "waves": [list(WAVES[w % len(WAVES)][:3]) + [list(WAVES[w % len(WAVES)][3])] for w in range(waves)],
                 "period_s": period_s, "seeds": [args.seed + t for t in range(trial_count)], "history_tasks": args.history,

@@ -217,7 +217,7 @@ def summary_markdown(status: dict[str, dict] | None = None) -> str:
             verdict = "met" if cmp_.get("target_met") else "NOT met"
             lines += ["", f"Predictive vs reactive: mean wait {100 * reduction:.1f}% lower at {100 * extra:+.1f}% "
                           f"worker-seconds; target ({cmp_.get('target', '>= 30% lower mean wait at <= 10% more worker-seconds')}) "
-                          f"{verdict}" + (f" (on the means; in {cmp_['trials_target_met']} of {len(cmp_.get('per_trial', []))} trials)"
+                          f"{verdict}" + (f"; met in {cmp_['trials_target_met']} of {len(cmp_.get('per_trial', []))} trials taken alone"
                                           if "trials_target_met" in cmp_ else "") + "."]
         elif cmp_:
             lines += ["", f"Predictive vs reactive: {json.dumps(cmp_)}"]
