@@ -158,9 +158,38 @@ def _recommend(task, features, runs_dir, runs_dir_given, model_dir, model_type, 
         return ResourceAdvisor(coverage=coverage).fit(frame).recommend(task, coverage=coverage)
     if len(frame) == 0:
         return LearnedAdvisor._unavailable("no task observations recorded", frame, None).recommend(task, coverage=coverage)
-    return LearnedAdvisor(model_type=model_type, coverage=coverage).fit(frame).recommend(
-        task, input_features=features, coverage=coverage
-    )
+    return _current_advisor(frame, runs_dir, model_type, coverage).recommend(task, input_features=features, coverage=coverage)
+
+
+def _current_advisor(frame, runs_dir: Path, model_type: str, coverage: float):
+    """The advisor trained on exactly this telemetry: the one cached beside the runs directory
+    (``<runs>/../models``) when its training digest matches, else trained now and cached.
+
+    The cache is this user's own directory, and the store refuses what it did not write
+    (:mod:`scalable.advising.model_store`); a cache that cannot be read or written only costs
+    a retrain."""
+    import shutil
+
+    from scalable.advising.learned_advisor import LearnedAdvisor
+    from scalable.advising.model_store import ModelStore, ModelStoreError, frame_digest
+
+    store = ModelStore(runs_dir.parent / "models")
+    name = f"advise-{model_type}-{coverage:g}"
+    digest = frame_digest(frame[["task", "end_time", "peak_memory_bytes", "duration_s"]])
+    try:
+        if store.latest(name) is not None and store.metadata(name).get("training_data_digest") == digest:
+            return LearnedAdvisor.load(store.root, name)
+    except (ModelStoreError, OSError):
+        pass
+    advisor = LearnedAdvisor(model_type=model_type, coverage=coverage).fit(frame)
+    try:
+        saved = advisor.save(store.root, name=name, training_digest=digest)
+        for version in store.versions(name):
+            if f"v{version}" != saved.name:
+                shutil.rmtree(store.path(name, version), ignore_errors=True)
+    except (ModelStoreError, OSError):
+        pass
+    return advisor
 
 
 def _print_recommendation(rec: Any, features: dict[str, Any]) -> None:

@@ -80,3 +80,19 @@ def test_advise_with_a_tampered_model_warns_and_falls_back(runs_dir, tmp_path):
                                  str(runs_dir), "--format", "json"])
     assert result.exit_code == 0
     assert '"method": "percentile"' in result.output
+
+
+def test_advise_answers_from_the_cached_model_while_the_telemetry_is_unchanged(tmp_path):
+    root = tmp_path / ".scalable" / "runs"
+    write_runs(root, make_frame(n_tasks=2, runs_per_task=60, seed=5))
+    args = ["advise", "--task", "task_1", "--runs-dir", str(root), "--format", "json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    cache = tmp_path / ".scalable" / "models" / "advise-gradient_boosting-0.95"
+    (version,) = [p.name for p in cache.iterdir() if p.name.startswith("v")]
+    assert runner.invoke(app, args).output == first.output
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("v")) == [version], "the cached model answered"
+    write_runs(root, make_frame(n_tasks=2, runs_per_task=5, seed=6))
+    assert runner.invoke(app, args).exit_code == 0
+    (retrained,) = [p.name for p in cache.iterdir() if p.name.startswith("v")]
+    assert retrained != version, "new telemetry retrains (and the older version is pruned)"
