@@ -1,11 +1,12 @@
-"""Hostile files: the telemetry loader and the SWF / sacct importers never raise on what they read.
+"""Hostile files: the telemetry loader and the SWF / sacct / Nextflow importers never raise on what they read.
 
 Property-based (hypothesis): valid records mixed with garbage bytes, JSON of the wrong shape,
 out-of-range numbers and truncated lines. What must hold:
 
 * ``load_tasks`` returns exactly the valid records and counts every bad line (cold and cached);
 * ``parse_swf`` accounts for every job line once: imported or skipped with a reason;
-* ``parse_sacct`` / ``import_sacct`` never raise, and what they import loads back whole.
+* ``parse_sacct`` / ``import_sacct`` never raise, and what they import loads back whole;
+* ``parse_nextflow`` accounts for every line that is not a header once, and what it imports loads back whole.
 
 Rerun: ``pytest tests/unit/telemetry/test_hostile_files.py -q``
 """
@@ -20,6 +21,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scalable.telemetry.importers.nextflow import import_nextflow, parse_nextflow
 from scalable.telemetry.importers.sacct import import_sacct, parse_sacct
 from scalable.telemetry.importers.swf import parse_swf
 from scalable.telemetry.loader import load_run_infos, load_tasks
@@ -138,6 +140,36 @@ def test_sacct_never_raises_and_what_it_imports_loads_back(tmp_path_factory, row
     path.write_text(text)
     result = import_sacct(path, root / "runs")
     assert result.imported == len(jobs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = load_tasks(root / "runs", cache=False)
+    assert len(table.frame) == result.imported and table.skipped.total == 0
+
+
+_NEXTFLOW_HEADER = "task_id\tname\tprocess\tstatus\texit\tattempt\tcpus\tmemory\ttime\tsubmit\tstart\tcomplete\tduration\trealtime\t%cpu\tpeak_rss\trchar"
+_nextflow_field = st.sampled_from([
+    "", "-", "1", "0", "137", "-1", "ALIGN", "ALIGN (s1)", "COMPLETED", "FAILED", "ABORTED", "CACHED", "RUNNING", "OOM",
+    "1.2 GB", "0", "512 B", "1e999 GB", "99999999999999999999999 ZB", "3m 4s", "1d 2h", "120ms", "-5s", "4.5s",
+    "85.3%", "-3%", "nan", "inf", "2024-03-01 12:00:00.123", "9999-12-31 23:59:59.999", "0001-01-01 00:00:00.000",
+    "2024-02-30 12:00:00.000", "1709294400123", "1e30", "253402300800000",
+]) | st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=12)
+
+
+@_SETTINGS
+@given(rows=st.lists(st.lists(_nextflow_field, min_size=17, max_size=17).map("\t".join)
+                     | st.lists(_nextflow_field, max_size=20).map("\t".join), max_size=25),
+       header=st.booleans())
+def test_nextflow_every_line_is_imported_or_skipped_and_loads_back(tmp_path_factory, rows, header):
+    text = ((_NEXTFLOW_HEADER + "\n") if header else "") + "\n".join(rows) + "\n"
+    skipped: Counter = Counter()
+    tasks = list(parse_nextflow(io.StringIO(text), "r", skipped))
+    lines = [row for row in rows if row.strip() and row != _NEXTFLOW_HEADER]
+    assert len(tasks) + sum(skipped.values()) - skipped["missing_header"] == len(lines), skipped
+    root = tmp_path_factory.mktemp("nextflow")
+    path = root / "trace.txt"
+    path.write_text(text)
+    result = import_nextflow(path, root / "runs", timezone="UTC")
+    assert result.imported == len(tasks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = load_tasks(root / "runs", cache=False)

@@ -1,4 +1,4 @@
-"""Importers that turn existing job history (SWF traces, Slurm sacct output) into runs."""
+"""Importers that turn existing job history (SWF traces, Slurm sacct output, Nextflow traces) into runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ __all__ = ["FORMATS", "ImportResult", "import_file", "open_text"]
 FORMATS = {
     "swf": "scalable.telemetry.importers.swf:import_swf",
     "sacct": "scalable.telemetry.importers.sacct:import_sacct",
+    "nextflow": "scalable.telemetry.importers.nextflow:import_nextflow",
 }
 
 

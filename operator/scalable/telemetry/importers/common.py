@@ -15,22 +15,36 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass
 class ImportResult:
-    """How an import went: the run written, jobs imported, and jobs skipped by reason."""
+    """How an import went: the run written, jobs imported, and jobs skipped by reason.
+
+    ``read`` is the number of data lines read, where the importer counts them (each is then
+    imported or skipped); ``unit`` is what one line is called in the summary.
+    """
 
     run_id: str | None
     path: Path | None
     imported: int = 0
     skipped: Counter = field(default_factory=Counter)
     source: str = ""
+    read: int | None = None
+    unit: str = "jobs"
 
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
+    def reasons(self, limit: int = 5) -> str:
+        """The most common skip reasons with their counts, the rest summed up."""
+        common = self.skipped.most_common()
+        text = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in common[:limit])
+        rest = sum(n for _, n in common[limit:])
+        return text + (f", {rest} for {len(common) - limit} other reasons" if rest else "")
+
     def summary(self) -> str:
-        reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in self.skipped.most_common())
+        reasons = self.reasons()
         skipped = f"skipped {self.skipped_total}" + (f" ({reasons})" if reasons else "")
-        return f"imported {self.imported} jobs into run {self.run_id}, {skipped}"
+        read = f"read {self.read} rows, " if self.read is not None else ""
+        return f"{read}imported {self.imported} {self.unit} into run {self.run_id}, {skipped}"
 
 
 def open_text(path: str | os.PathLike[str]) -> IO[str]:
