@@ -36,9 +36,17 @@ def _runs_dir(value: Optional[Path]) -> Path:
 @app.command("import")
 def import_(
     file: Path = typer.Argument(..., help="the file to import (plain or gzip)", show_default=False),
-    fmt: str = typer.Option(..., "--format", "-f", help="swf (Standard Workload Format) or sacct (sacct --parsable2)"),
+    fmt: str = typer.Option(
+        ..., "--format", "-f",
+        help="swf (Standard Workload Format), sacct (sacct --parsable2) or nextflow (a Nextflow trace file or CSV export)",
+    ),
     runs_dir: Optional[Path] = RunsDir,
     run_id: Optional[str] = typer.Option(None, "--run-id", help="id of the new run (default: generated)"),
+    timezone: Optional[str] = typer.Option(
+        None, "--timezone",
+        help="nextflow: the time zone of dates written without one, an IANA name (UTC, Europe/Berlin) "
+             "or local (default: this machine's, where Nextflow wrote them if it ran here)",
+    ),
 ) -> None:
     """Import a job trace into the runs directory as one run."""
     from scalable.telemetry.importers import FORMATS, import_file
@@ -47,6 +55,17 @@ def import_(
     fmt = fmt.strip().lower()
     if fmt not in FORMATS:
         raise fail(f"unknown format {fmt!r}: use one of {', '.join(sorted(FORMATS))}")
+    options = {}
+    if timezone is not None:
+        if fmt != "nextflow":
+            raise fail(f"--timezone applies to --format nextflow only, not {fmt}")
+        from scalable.telemetry.importers.nextflow import resolve_timezone
+
+        try:
+            resolve_timezone(timezone)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        options["timezone"] = timezone
     if not file.exists():
         raise fail(f"no such file: {file}")
     if not file.is_file():
@@ -70,10 +89,11 @@ def import_(
             ) as bar:
                 task = bar.add_task(f"importing {file.name}", total=size)
                 result = import_file(
-                    fmt, file, store, run_id=run_id, progress=lambda done, total: bar.update(task, completed=done)
+                    fmt, file, store, run_id=run_id, progress=lambda done, total: bar.update(task, completed=done),
+                    **options,
                 )
         else:
-            result = import_file(fmt, file, store, run_id=run_id)
+            result = import_file(fmt, file, store, run_id=run_id, **options)
     except PermissionError as exc:
         raise fail(f"permission denied: {exc.filename or file}") from None
     except (EOFError, OSError) as exc:
@@ -84,8 +104,8 @@ def import_(
     if result.imported == 0:
         if result.path is not None:
             shutil.rmtree(result.path, ignore_errors=True)
-        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in result.skipped.most_common()) or "empty"
-        raise fail(f"no jobs imported from {file} as {fmt} ({reasons}); is it {fmt}?")
+        read = f"read {result.read} rows, " if result.read is not None else ""
+        raise fail(f"no {result.unit} imported from {file} as {fmt} ({read}{result.reasons() or 'empty'}); is it {fmt}?")
     typer.echo(f"{result.summary()} ({root})")
 
 

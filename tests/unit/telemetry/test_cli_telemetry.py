@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from scalable.cli.main import app
 
+from .test_nextflow import HUMAN, tsv
 from .test_sacct import HEADER, ROWS
 from .test_swf import SNIPPET
 
@@ -43,6 +44,21 @@ def test_import_sacct(tmp_path):
     assert "imported 4 jobs" in result.output
 
 
+def test_import_nextflow_reports_rows_read_imported_and_skipped(tmp_path):
+    path = tmp_path / "trace.txt"
+    path.write_text(tsv(HUMAN) + "broken\tline\n")
+    runs = tmp_path / "r"
+    result = runner.invoke(app, ["telemetry", "import", "-f", "nextflow", str(path), "--runs-dir", str(runs),
+                                 "--timezone", "UTC"])
+    assert result.exit_code == 0, result.output
+    assert "read 10 rows, imported 7 tasks into run" in result.output
+    assert "skipped 3 (1 unfinished task, 1 cached task, 1 corrupt line)" in result.output
+    report = json.loads(runner.invoke(app, ["telemetry", "report", "--runs-dir", str(runs), "-f", "json"]).output)
+    assert report["states"] == {"succeeded": 4, "oom_killed": 1, "erred": 1, "cancelled": 1}
+    assert sorted(report["features"]) == ["attempt", "input_bytes", "requested_cpus", "requested_memory_bytes",
+                                          "requested_time_s"]
+
+
 def test_report_counts_skipped_lines(tmp_path, swf):
     runs = tmp_path / "runs"
     runner.invoke(app, ["telemetry", "import", "--format", "swf", str(swf), "--runs-dir", str(runs)])
@@ -58,6 +74,9 @@ def test_report_counts_skipped_lines(tmp_path, swf):
     (["import", "--format", "parquet", "{swf}"], "unknown format"),
     (["import", "--format", "swf", "{tmp}"], "not a file"),
     (["import", "--format", "sacct", "{swf}"], "no jobs imported"),
+    (["import", "--format", "nextflow", "{swf}"], "no tasks imported"),
+    (["import", "--format", "nextflow", "--timezone", "Mars/Olympus", "{swf}"], "unknown time zone"),
+    (["import", "--format", "swf", "--timezone", "UTC", "{swf}"], "--timezone applies to --format nextflow only"),
     (["report", "--runs-dir", "/no/such/runs"], "no runs directory"),
     (["report", "--runs-dir", "{tmp}", "--format", "xml"], "unknown format"),
 ])
