@@ -1016,8 +1016,20 @@ def _threads(n_rows: int, n_jobs: int | None) -> int | None:
 
 
 def _fit_quietly(model: Any, X: np.ndarray, y: np.ndarray, n_jobs: int | None = None) -> None:
+    """Fit with the thread count the row count deserves.
+
+    A column can vary over all training rows and still be missing on every row one model
+    learns from (a duration model's rows of a trace whose failed tasks alone have an input);
+    the boosted trees' binning raises on an all-missing column, so such a column is given to
+    that model as a constant, which no tree can split on.
+    """
     from threadpoolctl import threadpool_limits
 
+    if X.dtype.kind == "f" and len(X):
+        empty = np.isnan(X).all(axis=0)
+        if empty.any():
+            X = X.copy()
+            X[:, empty] = 0.0
     with warnings.catch_warnings(), threadpool_limits(_threads(len(X), n_jobs), user_api="openmp"):
         warnings.simplefilter("ignore", category=UserWarning)
         model.fit(X, y)
