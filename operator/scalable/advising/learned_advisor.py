@@ -571,14 +571,14 @@ class LearnedAdvisor(BaseEstimator):
         for i, (task, tag, n, conf, mem, up, low, med, miss_i, width_i, cpus_exact, dur, n_cpus) in enumerate(rows):
             if n < self.min_history:
                 reason = f"only {int(n)} runs of {task!r} known (fewer than min_history={self.min_history})"
-                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
+                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag, inputs=features[i]))
                 continue
             if not math.isfinite(mem) or conf < self.confidence_threshold:
                 reason = (
                     f"model confidence {conf:.2f} below {self.confidence_threshold:g} "
                     f"(interval x{1 + width_i:.2f} of the median, held-out miss rate {miss_i:.1%})"
                 )
-                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag))
+                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag, inputs=features[i]))
                 continue
             if target is None or target == "memory":
                 scope = "this task" if task in own_quantile else "all tasks"
@@ -644,14 +644,14 @@ class LearnedAdvisor(BaseEstimator):
         trained: traces that log times and not memory still deserve the learned runtime."""
         models = getattr(self, "models_", {})
         if "duration" not in models or not hasattr(self, "active_features_"):
-            answers = [self._fallback(t, target, coverage, reason, None, None, g) for t, g in zip(tasks, tags)]
+            answers = [self._fallback(t, target, coverage, reason, None, None, g, inputs=f) for t, g, f in zip(tasks, tags, features)]
         else:
             X, _ = self._request_features(tasks, features, tags, single)
             n_hist = X[:, self.encoder_.feature_names_.index("task:duration:n")].astype(float)
             duration = np.exp(self._predict("duration", X[:, self.active_features_]))
             answers = [
-                self._fallback(t, target, coverage, reason, None, float(d), g, model_duration=n >= self.min_history)
-                for t, g, d, n in zip(tasks, tags, duration.tolist(), n_hist.tolist())
+                self._fallback(t, target, coverage, reason, None, float(d), g, model_duration=n >= self.min_history, inputs=f)
+                for t, g, d, n, f in zip(tasks, tags, duration.tolist(), n_hist.tolist(), features)
             ]
         if target not in (None, "memory") or getattr(self, "trend_", None) is None:
             return answers
@@ -762,9 +762,13 @@ class LearnedAdvisor(BaseEstimator):
         duration: float | None = None,
         tag: str | None = None,
         model_duration: bool = False,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Recommendation:
         """The ResourceAdvisor's answer, saying why. ``model_duration``: the model's ``duration``
-        replaces the ResourceAdvisor's median (the task has the history the model needs)."""
+        replaces the ResourceAdvisor's median (the task has the history the model needs).
+        ``inputs`` are the request's input features: for a task nobody has run, the memory the
+        request itself asks for (``requested_memory_bytes``, as every importer names it) is the
+        best knowledge there is, better than what all other tasks used."""
         base = self.fallback_.recommend(task, target=target, coverage=coverage, tag=tag)
         predicted = base.predicted_duration_s
         if duration is not None and (model_duration or predicted is None):
@@ -778,11 +782,20 @@ class LearnedAdvisor(BaseEstimator):
             if target in (None, "memory"):
                 basis = f"{reason}; ResourceAdvisor: {memory_basis}"
         elif base.method == "default" or base.details.get("memory_source") == "default":
-            # neither the task nor its tag recorded memory: the coverage quantile of every known peak
-            # is the data's answer, a fixed default is nobody's (4Gi against runs of a few MiB
-            # held most of the reserved memory of a whole replayed trace)
+            # neither the task nor its tag recorded memory: the request's own memory when it says
+            # one, else the coverage quantile of every known peak is the data's answer, a fixed
+            # default is nobody's (4Gi against runs of a few MiB held most of the reserved memory
+            # of a whole replayed trace)
+            requested = _positive(dict(inputs or {}).get("requested_memory_bytes"))
             known, n_known = self._global_memory_quantile(coverage)
-            if n_known and math.isfinite(known):
+            if requested is not None:
+                memory_bytes = int(math.ceil(max(requested, self.min_memory_bytes_)))
+                interval = None
+                if target in (None, "memory"):
+                    basis = (f"{reason}; no memory recorded for task {task!r} or its tag: the memory the request "
+                             f"asks for (requested_memory_bytes={format_memory(requested)})")
+                fallback_method = "request"
+            elif n_known and math.isfinite(known):
                 memory_bytes = int(math.ceil(max(known, self.min_memory_bytes_)))
                 interval = None
                 if target in (None, "memory"):
@@ -1002,6 +1015,14 @@ class LearnedAdvisor(BaseEstimator):
 #: below this many rows OpenMP's thread start-up and, on a shared machine, its spin-waiting
 #: cost more than a second core gains
 _PARALLEL_ROWS = 50_000
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def _beyond_basis(line: TaskTrend, x: float) -> str:

@@ -18,3 +18,12 @@ def test_an_input_present_only_on_failed_runs_trains_and_answers():
     advisor = LearnedAdvisor().fit(frame)
     assert advisor.ready
     assert advisor.recommend("sim", input_features={"size": 500}).method == "learned"
+
+
+def test_a_task_nobody_ran_gets_the_memory_its_request_asks_for():
+    advisor = LearnedAdvisor().fit(_history(300))
+    asked = advisor.recommend("never_seen", input_features={"requested_memory_bytes": 16 * 2**30})
+    assert asked.memory == "16Gi" and "the memory the request asks for" in asked.basis
+    assert asked.details["fallback_method"] == "request"
+    unasked = advisor.recommend("never_seen")
+    assert unasked.details["fallback_method"] == "all_runs" and unasked.memory_bytes < 16 * 2**30
