@@ -86,14 +86,25 @@ def register(app: typer.Typer) -> None:
         coverage: float = typer.Option(0.95, "--coverage", help="share of future runs the memory must fit"),
         advisor: str = typer.Option("learned", "--advisor", help="learned or percentile"),
         output: str = typer.Option("text", "--format", "-f", help="text or json"),
+        failed_memory: Optional[str] = typer.Option(
+            None, "--failed-memory", help="the last attempt was OOM-killed at this memory (e.g. 4Gi): size the retry"),
     ) -> None:
         """Recommend cpus and memory for the next run of a task."""
         _check_common(model_type, coverage, output)
         if advisor not in ("learned", "percentile"):
             raise fail(f"--advisor must be learned or percentile, got {advisor!r}")
+        if failed_memory is not None:
+            from scalable.units import QuantityError, parse_memory
+
+            if advisor != "learned":
+                raise fail("--failed-memory needs the learned advisor (it sizes the retry from the model's calibration)")
+            try:
+                parse_memory(failed_memory)
+            except QuantityError as exc:
+                raise fail(f"--failed-memory: {exc}") from None
         features = parse_input(input)
         rec = _recommend(task, features, _runs_dir(runs_dir), runs_dir is not None, model_dir, model_type,
-                         coverage, advisor)
+                         coverage, advisor, failed_memory)
         if output == "json":
             typer.echo(json.dumps(rec.as_dict(), indent=2, sort_keys=True))
             return
@@ -136,7 +147,7 @@ def register(app: typer.Typer) -> None:
         _print_training(summary, advisor.ready)
 
 
-def _recommend(task, features, runs_dir, runs_dir_given, model_dir, model_type, coverage, advisor):
+def _recommend(task, features, runs_dir, runs_dir_given, model_dir, model_type, coverage, advisor, failed_memory=None):
     from scalable.advising.learned_advisor import LearnedAdvisor
     from scalable.advising.resource_advisor import ResourceAdvisor
 
@@ -152,13 +163,14 @@ def _recommend(task, features, runs_dir, runs_dir_given, model_dir, model_type, 
             err_console.print(f"[yellow]warning:[/] {reason}; answering from the ResourceAdvisor", highlight=False)
         elif frame is not None:
             loaded.update(frame)
-        return loaded.recommend(task, input_features=features, coverage=coverage)
+        return loaded.recommend(task, input_features=features, coverage=coverage, failed_memory=failed_memory)
     frame = _load_frame(runs_dir)
     if advisor == "percentile":
         return ResourceAdvisor(coverage=coverage).fit(frame).recommend(task, coverage=coverage)
     if len(frame) == 0:
         return LearnedAdvisor._unavailable("no task observations recorded", frame, None).recommend(task, coverage=coverage)
-    return _current_advisor(frame, runs_dir, model_type, coverage).recommend(task, input_features=features, coverage=coverage)
+    return _current_advisor(frame, runs_dir, model_type, coverage).recommend(
+        task, input_features=features, coverage=coverage, failed_memory=failed_memory)
 
 
 def _current_advisor(frame, runs_dir: Path, model_type: str, coverage: float):

@@ -96,3 +96,15 @@ def test_advise_answers_from_the_cached_model_while_the_telemetry_is_unchanged(t
     assert runner.invoke(app, args).exit_code == 0
     (retrained,) = [p.name for p in cache.iterdir() if p.name.startswith("v")]
     assert retrained != version, "new telemetry retrains (and the older version is pruned)"
+
+
+def test_advise_sizes_the_retry_after_an_oom_kill(runs_dir):
+    base = ["advise", "--task", "task_1", "--runs-dir", str(runs_dir), "--format", "json"]
+    plain = json.loads(runner.invoke(app, base).output)
+    retry = runner.invoke(app, base + ["--failed-memory", plain["memory"]])
+    assert retry.exit_code == 0, retry.output
+    assert "OOM-killed at" in json.loads(retry.output)["basis"]
+    refused = runner.invoke(app, base + ["--failed-memory", "lots"])
+    assert refused.exit_code == 2 and "--failed-memory" in refused.output
+    percentile = runner.invoke(app, base + ["--advisor", "percentile", "--failed-memory", "1Gi"])
+    assert percentile.exit_code == 2 and "learned advisor" in percentile.output
