@@ -149,12 +149,14 @@ def _encode(fields: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class SizedMark:
-    """``scalable.dev/sized``: this workflow sized the template at ``generation`` with cpu and memory."""
+    """``scalable.dev/sized``: this workflow sized the template at ``generation`` with cpu and
+    memory, from the AdvisorModel version ``model`` (None: before a model was trained)."""
 
     workflow: str
     generation: int | None
     cpu: str | None = None
     memory: str | None = None
+    model: str | None = None
 
     def encode(self) -> str:
         return _encode(asdict(self))
@@ -165,7 +167,9 @@ class SizedMark:
         if data is None:
             return None
         generation = data.get("generation")
-        return cls(workflow_key, generation if isinstance(generation, int) else None, data.get("cpu"), data.get("memory"))
+        model = data.get("model")
+        return cls(workflow_key, generation if isinstance(generation, int) else None, data.get("cpu"), data.get("memory"),
+                   model if isinstance(model, str) else None)
 
 
 @dataclass(frozen=True)

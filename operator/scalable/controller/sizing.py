@@ -142,12 +142,16 @@ def should_apply(
     sized: Sized,
     mark: SizedMark | None,
     generation: int,
+    model: str | None = None,
 ) -> tuple[bool, str]:
     """Whether to write ``sized`` into the template, and why (or why not).
 
     ``mark`` is this workflow's :class:`SizedMark` on the target object, as written by
     :func:`template_patch` (None when this workflow never sized it); it tells at which
-    generation of its spec it did.
+    generation of its spec it did, and from which model version. ``model`` is the version of
+    the AdvisorModel behind ``sized`` (None before one is trained). ``Initial`` sizes once per
+    generation, and once more when the first trained model replaces what the template was
+    sized with before it (``kubectl apply -f examples/`` creates both at once).
     """
     current = ContainerResources.of(container)
     old_cpu, old_mem = current.cpus, current.memory_bytes
@@ -161,6 +165,8 @@ def should_apply(
     if mark.generation != generation:
         return True, f"the ScalableWorkflow spec changed (generation {mark.generation} -> {generation})"
     if mode == "Initial":
+        if mark.model is None and model is not None:
+            return True, f"the AdvisorModel's first trained model ({model}) replaces the answer sized before it"
         return False, "resourcePolicy.mode is Initial: sized once for this spec generation"
     if _moved(old_cpu, sized.cpus, HYSTERESIS) or _moved(old_mem, sized.memory_bytes, HYSTERESIS):
         return True, f"the recommendation moved by more than {HYSTERESIS:.0%}"
@@ -173,14 +179,16 @@ def template_patch(
     sized: Sized,
     workflow_key: str,
     generation: int,
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
     """JSON patch that sets the worker container's resources in ``obj``'s pod template.
 
     ``obj`` is a DaskCluster or DaskWorkerGroup. The patch also writes this workflow's
-    :class:`SizedMark`, which :func:`should_apply` reads back.
+    :class:`SizedMark` (with the AdvisorModel version ``model``), which :func:`should_apply`
+    reads back.
     """
     index, _ = find_container(worker_pod_spec(obj), container_name)
-    mark = SizedMark(workflow_key, generation, sized.cpu, sized.memory).encode()
+    mark = SizedMark(workflow_key, generation, sized.cpu, sized.memory, model).encode()
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": f"{WORKER_POD_SPEC}/containers/{index}/name", "value": container_name},
         {"op": "add", "path": f"{WORKER_POD_SPEC}/containers/{index}/resources", "value": sized.resources},

@@ -112,12 +112,13 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
         for kind, obj_name, obj in templates:
             try:
                 _, container = find_container(worker_pod_spec(obj), policy.containerName)
-                ok, why = sizing.should_apply(policy.mode, container, group_sized, SizedMark.read(obj, key), generation)
+                ok, why = sizing.should_apply(policy.mode, container, group_sized, SizedMark.read(obj, key), generation,
+                                              model_version)
                 if not ok:
                     held_because.append(why)
                     continue
                 change = sizing.describe_change(container, group_sized, rec.basis)
-                ops = sizing.template_patch(obj, policy.containerName, group_sized, key, generation)
+                ops = sizing.template_patch(obj, policy.containerName, group_sized, key, generation, model_version)
                 await rt.kube.json_patch(kind, namespace, obj_name, ops)
                 written = written or (change, why)
             except TemplateError as exc:

@@ -80,7 +80,7 @@ def test_patch_sets_only_the_named_container_and_records_the_annotation():
     assert "resources" not in containers[0]
     assert containers[1]["resources"]["limits"] == {"cpu": "2", "memory": "6Gi"}
     note = json.loads(patched["metadata"]["annotations"][ANNOTATION_SIZED])
-    assert note == {"workflow": "ns/wf", "generation": 3, "cpu": "2", "memory": "6Gi"}
+    assert note == {"workflow": "ns/wf", "generation": 3, "cpu": "2", "memory": "6Gi", "model": None}
 
 
 def test_patch_keeps_existing_annotations():
@@ -142,3 +142,16 @@ def test_describe_change_names_old_new_basis_and_bounds():
     sized = sizing.clamp(8, 4 * GiB, None, {"cpu": "4"})
     text = sizing.describe_change(container, sized, "p95 of 50 historical runs")
     assert text == "worker cpu 1 -> 4, memory 2Gi -> 4Gi (p95 of 50 historical runs); cpu capped at maxAllowed 4"
+
+
+def test_initial_sizes_once_more_when_the_first_trained_model_arrives():
+    container = {"name": "worker", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
+    sized = sizing.clamp(2, 2 * GiB)
+    before_model = SizedMark("ns/wf", 1, "1", "1Gi", None)
+    ok, why = sizing.should_apply("Initial", container, sized, before_model, 1, "v1")
+    assert ok and "first trained model (v1)" in why
+    from_model = SizedMark("ns/wf", 1, "1", "1Gi", "v1")
+    assert not sizing.should_apply("Initial", container, sized, from_model, 1, "v2")[0], "later versions: Initial holds"
+    assert not sizing.should_apply("Initial", container, sized, before_model, 1, None)[0]
+    ops = sizing.template_patch(_cluster(), "worker", sized, "ns/wf", 1, "v1")
+    assert json.loads(ops[-1]["value"][ANNOTATION_SIZED] if isinstance(ops[-1]["value"], dict) else ops[-1]["value"])["model"] == "v1"
