@@ -38,7 +38,7 @@ from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
-from scalable.advising.trend import InputTrend, TaskTrend
+from scalable.advising.trend import InputTrend, TaskTrend, positive_number
 from scalable.units import format_memory, parse_memory
 
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
@@ -786,7 +786,7 @@ class LearnedAdvisor(BaseEstimator):
             # one, else the coverage quantile of every known peak is the data's answer, a fixed
             # default is nobody's (4Gi against runs of a few MiB held most of the reserved memory
             # of a whole replayed trace)
-            requested = _positive(dict(inputs or {}).get("requested_memory_bytes"))
+            requested = positive_number(dict(inputs or {}).get("requested_memory_bytes"))
             known, n_known = self._global_memory_quantile(coverage)
             if requested is not None:
                 memory_bytes = int(math.ceil(max(requested, self.min_memory_bytes_)))
@@ -1015,14 +1015,6 @@ class LearnedAdvisor(BaseEstimator):
 #: below this many rows OpenMP's thread start-up and, on a shared machine, its spin-waiting
 #: cost more than a second core gains
 _PARALLEL_ROWS = 50_000
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _beyond_basis(line: TaskTrend, x: float) -> str:

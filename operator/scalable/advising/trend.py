@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["InputTrend", "TaskTrend", "MAX_SLOPE"]
+__all__ = ["InputTrend", "TaskTrend", "MAX_SLOPE", "positive_number"]
 
 #: exponents above this are taken as noise on few runs, not as a law of the task
 MAX_SLOPE = 2.0
@@ -86,7 +86,8 @@ class TaskTrend:
         return self.n - (2 if self.feature is not None else 1)
 
 
-def _positive_number(value: Any) -> float | None:
+def positive_number(value: Any) -> float | None:
+    """``value`` as a finite positive number, else None (booleans and text are not sizes)."""
     if isinstance(value, bool):
         return None
     try:
@@ -196,7 +197,7 @@ class InputTrend:
         return TaskTrend(**{**asdict(trend), "sigma": max(math.sqrt(variance), MIN_SIGMA)})
 
     def _input(self, trend: TaskTrend, features: Mapping[str, Any]) -> float | None:
-        return None if trend.feature is None else _positive_number(features.get(trend.feature))
+        return None if trend.feature is None else positive_number(features.get(trend.feature))
 
     def extrapolation(self, task: str, features: Mapping[str, Any]) -> tuple[float, TaskTrend | None, float | None]:
         """(log-space addition, the task's line, the input) for an input above the largest seen; 0 inside."""

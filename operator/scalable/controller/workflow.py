@@ -41,7 +41,6 @@ from scalable.controller.dask_objects import (
 )
 from scalable.controller.scaling_loop import PollDeps, _features, make_scaler, poll_once
 from scalable.scaling.history import ScalingHistory
-from scalable.units import format_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
 
