@@ -162,7 +162,7 @@ def test_the_chart_runs_the_operator_image_hardened_with_its_pvc_kept_across_upg
         push = _pusher(kubeconfig, namespace)
         run_id = f"run-{secrets.token_hex(4)}"
         assert push(ip, ports["ingest"], {"run": {"run_id": run_id}, "records": [_record(1)]}) == (
-            200, {"run_id": run_id, "accepted": 1})
+            200, {"run_id": run_id, "accepted": 1, "duplicates": 0})
         stored = volume_dir / namespace / "runs" / run_id / "tasks.jsonl"
         assert stored.exists(), sorted(str(p) for p in volume_dir.rglob("*"))
 

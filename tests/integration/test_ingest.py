@@ -61,7 +61,7 @@ async def test_only_callers_allowed_to_update_the_workflow_can_push(kube_api, na
         runs = tmp_path / namespace / "runs"
         async with running_operator(operator_options(namespace, tmp_path)) as op, aiohttp.ClientSession() as session:
             status, answer = await _push(session, op.ingest_url, namespace, "wf", allowed, body)
-            assert (status, answer) == (200, {"run_id": run_id, "accepted": 2})
+            assert (status, answer) == (200, {"run_id": run_id, "accepted": 2, "duplicates": 0})
             lines = (runs / run_id / "tasks.jsonl").read_text().splitlines()
             assert [json.loads(line)["input_features"]["size"] for line in lines] == [1, 2]
             assert json.loads((runs / run_id / "run.json").read_text())["workflow"] == "wf"

@@ -16,18 +16,29 @@ invalid, the whole request is refused (400) with the reason for each bad record 
 is written. A run that exists for another workflow is not joined (409). When the volume has
 less free space than the request needs plus a reserve, 507, before anything is written.
 Valid records are appended to ``<root>/<namespace>/runs/<run_id>/`` by the telemetry library.
-The answer is ``{"run_id", "accepted"}``; a client pushes several batches into one run by
-sending the same ``run_id``.
+The answer is ``{"run_id", "accepted", "duplicates"}``; a client pushes several batches into
+one run by sending the same ``run_id``.
+
+Idempotent: every record's key is the hash of its canonical JSON
+(:func:`scalable.telemetry.dedupe.record_key`), and a record whose key the run already holds
+(or that repeats one earlier in the same batch) is not stored again. ``accepted`` counts the
+records this request stored (the new ones), ``duplicates`` those it did not because they were
+there already; a replay of a batch answers 200 with ``accepted: 0``. Checking and appending
+hold an exclusive ``flock`` on the run directory, so two operator processes sharing the volume
+cannot both store the same record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import pydantic
@@ -35,6 +46,7 @@ from aiohttp import web
 
 from scalable.controller.kube import KubeError
 from scalable.controller.storage import StorageError, validate_name, validate_namespace
+from scalable.telemetry.dedupe import RunKeys, model_key
 from scalable.telemetry.schema import RECORD_FILES, RECORD_TYPES, RunInfo
 from scalable.telemetry.store import RunStore, is_run_dir_name, new_run_id
 
@@ -43,6 +55,8 @@ __all__ = ["ingest_app", "MAX_BODY_BYTES", "MAX_RECORDS"]
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_RECORDS = 100_000
 _AUTH_TTL_S = 60.0
+#: runs whose record keys stay in memory between batches (older ones are read again when needed)
+_KEY_CACHE_RUNS = 256
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -116,10 +130,42 @@ def _roll_back(run_dir: Any, new_run: bool, sizes: dict[str, int]) -> None:
             path.unlink()
 
 
+class _KeyCache:
+    """The record keys of recently written runs, so a run's files are read once, then only
+    what was appended since."""
+
+    def __init__(self, size: int = _KEY_CACHE_RUNS) -> None:
+        self._runs: OrderedDict[tuple[str, str], RunKeys] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str, run_id: str, run_dir: Any) -> RunKeys:
+        with self._lock:
+            keys = self._runs.pop((namespace, run_id), None)
+            if keys is None or keys.run_dir != run_dir:
+                keys = RunKeys(run_dir, RECORD_FILES.values())
+            self._runs[(namespace, run_id)] = keys
+            while len(self._runs) > self._size:
+                self._runs.popitem(last=False)
+            return keys
+
+
+def _new_records(valid: list[Any], stored: set[str]) -> list[Any]:
+    """The records whose keys are neither stored nor earlier in the batch."""
+    fresh, seen = [], set(stored)
+    for record in valid:
+        key = model_key(record)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(record)
+    return fresh
+
+
 def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
     """The aiohttp app; with ``audiences``, only tokens bound to one of them are accepted (a
     projected token for "scalable" cannot be replayed against the API server, and vice versa)."""
     authorizer = _Authorizer(rt.kube, audiences)
+    key_cache = _KeyCache()
     run_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def push(request: web.Request) -> web.Response:
@@ -177,18 +223,24 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
             rt.metrics.records.labels(namespace, "refused").inc(len(valid))
             return _error(507, "the telemetry volume is full; nothing was stored")
 
-        def store() -> tuple[int, str | None]:
+        def store() -> tuple[int, int, str | None]:
             runs_dir.mkdir(parents=True, exist_ok=True)
             existing = RunStore(runs_dir).run_info(run_id)
             if existing is not None and existing.workflow != name:
-                return -1, existing.workflow
+                return -1, 0, existing.workflow
             run_dir = runs_dir / run_id
             new_run = not run_dir.exists()
             sizes = {f: (run_dir / f).stat().st_size for f in set(RECORD_FILES.values()) if (run_dir / f).exists()}
             try:
                 writer = RunStore(runs_dir).open_run(run_id=run_id, **run)
                 try:
-                    return writer.append_many(valid), None
+                    dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+                    try:
+                        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # check and append as one step, across processes too
+                        fresh = _new_records(valid, key_cache.get(namespace, run_id, run_dir).refresh())
+                        return writer.append_many(fresh), len(valid) - len(fresh), None
+                    finally:
+                        os.close(dir_fd)  # releases the flock
                 finally:
                     writer.close()
             except OSError as exc:
@@ -199,7 +251,7 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
         lock = run_locks.setdefault((namespace, run_id), asyncio.Lock())
         try:
             async with lock:  # one batch at a time per run, so a roll-back cuts only its own lines
-                accepted, other = await asyncio.to_thread(store)
+                accepted, duplicates, other = await asyncio.to_thread(store)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _error(507, "the telemetry volume is full; nothing was stored")
@@ -210,7 +262,9 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
         if accepted < 0:
             return _error(409, f"run {run_id!r} belongs to workflow {other!r}")
         rt.metrics.records.labels(namespace, "accepted").inc(accepted)
-        return web.json_response({"run_id": run_id, "accepted": accepted})
+        if duplicates:
+            rt.metrics.records.labels(namespace, "duplicate").inc(duplicates)
+        return web.json_response({"run_id": run_id, "accepted": accepted, "duplicates": duplicates})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")

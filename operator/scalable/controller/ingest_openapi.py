@@ -100,6 +100,9 @@ def openapi_spec() -> dict[str, Any]:
                 "properties": {
                     "run_id": {"type": "string", "pattern": r"^[A-Za-z0-9_:@+][A-Za-z0-9._:@+-]*$", "maxLength": 200},
                     "started_at": {"type": "number"},
+                    "finished_at": {"type": "number", "nullable": True},
+                    "host": {"type": "string", "nullable": True},
+                    "source": {"type": "string", "description": "who recorded the run (default: client)"},
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                 },
             },
@@ -121,6 +124,10 @@ def openapi_spec() -> dict[str, Any]:
                 "post": {
                     "operationId": "pushRun",
                     "summary": "Append telemetry records to a run of a ScalableWorkflow",
+                    "description": "Idempotent: a record is keyed by the SHA-256 of its canonical JSON, and a "
+                    "record the run holds already is not stored again, so a client may retry or replay a "
+                    "batch (at-least-once delivery). 4xx: the request cannot succeed as sent (408 and 429 "
+                    "excepted); 5xx: retry later, nothing partial was stored.",
                     "security": [{"serviceAccountToken": []}],
                     "parameters": [
                         {"name": "namespace", "in": "path", "required": True, "schema": dict(_NAME, maxLength=63)},
@@ -130,8 +137,14 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json(
                             {"type": "object", "required": ["run_id", "accepted"],
-                             "properties": {"run_id": {"type": "string"}, "accepted": {"type": "integer", "minimum": 0}}},
-                            "stored: the run and how many records were appended",
+                             "properties": {
+                                 "run_id": {"type": "string"},
+                                 "accepted": {"type": "integer", "minimum": 0,
+                                              "description": "records this request stored (new to the run)"},
+                                 "duplicates": {"type": "integer", "minimum": 0,
+                                                "description": "records the run held already (or repeated in the "
+                                                "batch): not stored again"}}},
+                            "stored: the run and how many records were new; a replay answers accepted 0",
                         ),
                         "400": _json(_error_schema({"refused": {"type": "array", "items": {
                             "type": "object", "properties": {"index": {"type": "integer"}, "reason": {"type": "string"}}}}}),
