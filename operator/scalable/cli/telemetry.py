@@ -220,3 +220,120 @@ def _print_report(summary: dict[str, Any]) -> None:
         tasks.add_row(row["task"], f"{row['count']:,}", f"{row['runs']:,}", mem(row["memory_p50_bytes"]),
                       mem(row["memory_p95_bytes"]), secs(row["duration_p50_s"]), secs(row["duration_p95_s"]))
     console.print(tasks)
+
+
+@app.command("push")
+def push(
+    runs_dir: Optional[Path] = RunsDir,
+    url: Optional[str] = typer.Option(None, "--url", envvar="SCALABLE_TELEMETRY_URL",
+                                      help="the operator's ingestion endpoint, http(s)://host:8081 ($SCALABLE_TELEMETRY_URL)"),
+    workflow: Optional[str] = typer.Option(None, "--workflow", envvar="SCALABLE_TELEMETRY_WORKFLOW",
+                                           help="NAMESPACE/NAME of the ScalableWorkflow the runs belong to"),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", help="file holding the token, e.g. from `kubectl create token` (default: "
+        "$SCALABLE_TELEMETRY_TOKEN, $SCALABLE_TELEMETRY_TOKEN_FILE, else the pod's ServiceAccount token)"),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", envvar="SCALABLE_TELEMETRY_CA_FILE",
+                                           help="CA bundle that signed the operator's certificate (https)"),
+    allow_insecure_http: bool = typer.Option(False, "--allow-insecure-http",
+                                             help="send the token over plain http to a host that is not loopback"),
+    run: list[str] = typer.Option([], "--run", help="push only this run id (repeatable; default: every run)"),
+    spool_dir: Optional[Path] = typer.Option(None, "--spool-dir",
+                                             help="where batches wait until stored (default: $SCALABLE_TELEMETRY_SPOOL "
+                                                  "or ~/.cache/scalable/spool)"),
+    deadline: float = typer.Option(120.0, "--deadline", min=0, help="seconds to keep retrying while the operator is away"),
+    max_attempts: int = typer.Option(8, "--max-attempts", min=1, help="failed attempts in a row before giving up"),
+    as_json: bool = typer.Option(False, "--json", help="print the outcome as JSON"),
+) -> None:
+    """Push recorded runs to the operator (at least once: batches wait in a spool until stored).
+
+    Exit 0: everything is stored (the operator deduplicates, so pushing again is harmless);
+    1: the operator refused some batch (invalid records) or every request (token, RBAC, URL);
+    3: the operator stayed away or busy past --deadline: the rest waits in the spool, run again.
+    """
+    from scalable.telemetry.backoff import Backoff
+    from scalable.telemetry.batches import run_batches
+    from scalable.telemetry.credentials import TokenSource
+    from scalable.telemetry.push import IngestClient, InsecureTransport
+    from scalable.telemetry.spool import Spool, default_spool_root
+    from scalable.telemetry.store import RunStore
+
+    if not url:
+        raise fail("give --url (or set SCALABLE_TELEMETRY_URL): the operator's ingestion endpoint")
+    if not workflow or workflow.count("/") != 1 or not all(workflow.split("/")):
+        raise fail(f"--workflow {workflow or ''!r}: expected NAMESPACE/NAME of the ScalableWorkflow")
+    namespace, name = workflow.split("/")
+    root = _runs_dir(runs_dir)
+    if not root.is_dir():
+        raise fail(f"no such runs directory: {root}")
+    if token_file is not None and not token_file.is_file():
+        raise fail(f"--token-file {token_file}: no such file")
+    if ca_file is not None and not ca_file.is_file():
+        raise fail(f"--ca-file {ca_file}: no such file")
+    try:
+        client = IngestClient(url, namespace, name, token=TokenSource.resolve(token_file=token_file),
+                              ca_file=str(ca_file) if ca_file else None, allow_insecure_http=allow_insecure_http)
+    except (InsecureTransport, ValueError) as exc:
+        raise fail(str(exc)) from None
+    store = RunStore(root)
+    ids = store.run_ids()
+    missing = sorted(set(run) - set(ids))
+    if missing:
+        raise fail(f"no such run in {root}: {', '.join(missing)}")
+    if run:
+        ids = [i for i in ids if i in set(run)]
+    spool = Spool(spool_dir if spool_dir is not None else default_spool_root(), url, namespace, name)
+    skipped: dict[str, int] = {}
+    unreadable: list[str] = []
+    for run_id in ids:
+        try:
+            batches = run_batches(store.run_path(run_id))
+        except ValueError as exc:
+            unreadable.append(str(exc))
+            continue
+        for why, n in batches.skipped.items():
+            skipped[why] = skipped.get(why, 0) + n
+        spool.add(batches)
+    pending = spool.pending()
+    runs_pending = {p.name.rsplit(".", 3)[0] for p in pending}
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    backoff = Backoff(deadline_s=deadline, max_attempts=max_attempts)
+    with Progress(TextColumn("pushing {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeRemainingColumn(), console=err_console, transient=True,
+                  disable=as_json or len(pending) < 2) as progress:
+        task = progress.add_task(f"{len(runs_pending)} runs", total=len(pending))
+        try:
+            report = spool.drain(client, backoff, progress=lambda path, result: progress.advance(task))
+        finally:
+            client.close()
+    outcome = {
+        "runs": len(ids), "batches_sent": report.sent, "accepted": report.accepted, "duplicates": report.duplicates,
+        "retries": report.retries, "failed": [{"batch": n, "reason": r} for n, r in report.failed],
+        "remaining": report.remaining, "spool": str(spool.dir), "stopped": report.stopped,
+        "skipped_lines": skipped, "unreadable_runs": unreadable, "seconds": round(report.seconds, 3),
+    }
+    if as_json:
+        typer.echo(json.dumps(outcome, indent=1))
+    else:
+        err_console.print(
+            f"{report.sent} batches of {len(runs_pending)} runs delivered to {url} ({workflow}) in {report.seconds:.1f} s: "
+            f"{report.accepted} records new, {report.duplicates} there already"
+            + (f"; {report.retries} retries" if report.retries else ""), highlight=False, soft_wrap=True)
+        for why, n in sorted(skipped.items()):
+            err_console.print(f"skipped {n} lines ({why})", highlight=False)
+        for text in unreadable:
+            err_console.print(f"[yellow]not a run:[/] {text}", highlight=False, soft_wrap=True)
+        for batch, reason in report.failed:
+            err_console.print(f"[bold red]refused:[/] {batch}: {reason} (kept in {spool.dir / 'failed'})",
+                              highlight=False, soft_wrap=True)
+    if report.busy:
+        raise fail(f"another process is draining {spool.dir}; its batches go with it", code=3)
+    if report.failed or report.refused:
+        if report.stopped:
+            err_console.print(f"[bold red]error:[/] {report.stopped}; {report.remaining} batches wait in {spool.dir}",
+                              highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if report.remaining:
+        raise fail(f"{report.stopped}; gave up after the backoff's bound: {report.remaining} batches wait in "
+                   f"{spool.dir}; run the same command again", code=3)

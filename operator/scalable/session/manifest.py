@@ -104,9 +104,28 @@ class ScalingSettings(_Model):
         return self
 
 
+class PushSettings(_Model):
+    """Push each run to the operator's ingestion endpoint when the session closes (at least
+    once: what it cannot deliver waits in the spool). ``$SCALABLE_TELEMETRY_URL`` and the other
+    ``$SCALABLE_TELEMETRY_*`` variables override these."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://", description="http(s)://operator:8081; none: no push")
+    workflow: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="NAMESPACE/NAME of the ScalableWorkflow; default: the pod's namespace "
+        "(or kubernetes.namespace) and the manifest's workflow",
+    )
+    token_file: str | None = Field(default=None, description="default: the pod's ServiceAccount token")
+    ca_file: str | None = Field(default=None, description="CA bundle of the operator's certificate (https)")
+    allow_insecure_http: bool = Field(default=False, description="send the token over plain http to a non-loopback host")
+    spool_dir: str | None = Field(default=None, description="default: spool next to the runs directory")
+    deadline_seconds: float = Field(default=30.0, ge=0, le=3600, description="how long close() keeps retrying")
+
+
 class TelemetrySettings(_Model):
     enabled: bool = True
     dir: str = Field(default="./.scalable/runs", description="runs directory, relative to scalable.yaml")
+    push: PushSettings = Field(default_factory=PushSettings)
 
 
 class KubernetesSettings(_Model):
@@ -233,6 +252,10 @@ scaling:
 telemetry:
   enabled: true
   dir: ./.scalable/runs          # relative to this file; advisors train on it
+  # push:                        # send each run to the operator when the session closes
+  #   url: https://scalable-operator.scalable-system.svc:8081   # or $SCALABLE_TELEMETRY_URL
+  #   workflow: default/demeter-sweep   # NAMESPACE/NAME of the ScalableWorkflow
+  #   ca_file: /etc/scalable/ca.crt     # the operator's CA; in a pod the ServiceAccount token is sent
 
 kubernetes:                      # used with target: kubernetes
   cluster: demeter               # an existing DaskCluster, or the one to create

@@ -14,6 +14,11 @@ each group from the scheduler every ``poll_interval_seconds``, asks the Adaptive
 starts workers and retires idle ones, and records each decision. Every task is recorded as
 it finishes (:mod:`scalable.telemetry.dask_plugin`) in a run of the telemetry store, so
 the advisors can train on it at once and a crash loses nothing already recorded.
+
+When ``$SCALABLE_TELEMETRY_URL`` or scalable.yaml's ``telemetry.push`` names the operator's
+ingestion endpoint, ``close()`` pushes the run there after Dask has stopped
+(:mod:`scalable.session.telemetry_push`): spooled first, retried with backoff for
+``deadline_seconds``, and what is not delivered by then waits in the spool for the next session.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
 from scalable.session.manifest import Manifest, load_manifest, resource_name
 from scalable.session.queue import queue_state
+from scalable.session.telemetry_push import PushTarget, push_run, resolve_push_target
 from scalable.telemetry.dask_plugin import (
     LOST_TOPIC,
     TASK_TOPIC,
@@ -166,6 +172,7 @@ class ScalableSession:
         if self.target_name not in ("local", "kubernetes"):
             raise ValueError(f"target must be 'local' or 'kubernetes', not {self.target_name!r}")
         base = Path(base_dir)
+        self.base_dir = base
         self.runs_dir = Path(runs_dir) if runs_dir is not None else base / manifest.telemetry.dir
         self.tags = [g.tag for g in manifest.worker_groups]
         self._advisor_arg = advisor
@@ -182,6 +189,9 @@ class ScalableSession:
         self._thread: threading.Thread | None = None
         self._last_recorded: dict[str, tuple[str, str]] = {}
         self._closed = False
+        self.push_target: PushTarget | None = None
+        #: what close() delivered to the operator (a DrainReport), when it pushes
+        self.push_report: Any = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, target: str | None = None, **kwargs: Any) -> "ScalableSession":
@@ -222,6 +232,11 @@ class ScalableSession:
         if self.client is not None:
             return self.client
         scaling = self.manifest.scaling
+        if self.manifest.telemetry.enabled:
+            # a bad destination (no NAMESPACE/NAME, a token over plain http) fails here, not at close
+            self.push_target = resolve_push_target(self.manifest, self.runs_dir, self.base_dir)
+            if self.push_target is not None:
+                self.push_target.client().close()
         if self.scaler is None and scaling.mode != "off":
             self.advisor = self._load_advisor()
             self.scaler = AdaptiveScaler(
@@ -357,6 +372,26 @@ class ScalableSession:
                 self.client.dask.close()
             if self._target is not None:
                 self._target.close()
+        self._push()
+
+    def _push(self) -> None:
+        """Deliver the run to the operator; never raises (what is not delivered stays spooled)."""
+        if self.push_target is None or self.writer is None:
+            return
+        target = self.push_target
+        try:
+            report = self.push_report = push_run(target, self.writer.path)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded locally either way
+            logger.warning("scalable: could not push run %s to %s: %s", self.run_id, target.url, exc)
+            return
+        where = f"{target.url} ({target.namespace}/{target.name})"
+        if report.complete and not report.failed:
+            logger.info("scalable: pushed run %s to %s: %d records new, %d there already",
+                        self.run_id, where, report.accepted, report.duplicates)
+        else:
+            logger.warning("scalable: run %s: %d batches delivered to %s, %d refused, %d wait in %s (%s)",
+                           self.run_id, report.sent, where, len(report.failed), report.remaining,
+                           target.spool().dir, report.stopped or (report.failed[0][1] if report.failed else "busy"))
 
     def __enter__(self) -> "ScalableSession":
         self.start()
