@@ -9,6 +9,10 @@ Separate plain models are easier to get right than one clever one, so the design
 * split-conformal calibration on the *latest* runs, held out by time, turns centre and spread
   into an upper quantile that keeps its promise (see :mod:`scalable.advising.calibration`).
 
+Per task, the task's own input trend (:mod:`scalable.advising.trend`) answers instead of the
+trees where it predicted the task's held-out runs better, or where the time hold-out holds
+none of them (see :mod:`scalable.advising.model_choice`).
+
 Confidence is what the calibration measured for this task (or its tag, or overall), times how
 narrow its interval is, times how much history backs it. Below ``min_history`` runs of the
 task, or below ``confidence_threshold``, the advisor answers with the ResourceAdvisor and says
@@ -36,6 +40,7 @@ from scalable.advising import defaults
 from scalable.advising.calibration import ConformalCalibrator, conditional_quantile, conformal_quantile
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
+from scalable.advising.model_choice import trend_tasks
 from scalable.advising.recommendation import Recommendation
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.advising.trend import InputTrend, TaskTrend, positive_number
@@ -262,6 +267,7 @@ class LearnedAdvisor(BaseEstimator):
 
         say("calibration")
         self.calibrator_: ConformalCalibrator | None = None
+        self.trend_tasks_: dict[str, str] = {}
         self.cpu_scores_ = np.zeros(0)
         self.quality_: dict[str, Any] = {}
         memory_cal = cal[np.isfinite(targets["memory"].to_numpy()[cal])] if "memory" in self.models_ else cal[:0]
@@ -275,6 +281,8 @@ class LearnedAdvisor(BaseEstimator):
             self.quality_["memory"] = _held_out_quality(
                 scores, tasks, tags, centre, spread, y_cal, self.coverage, self.min_group_calibration
             )
+            self.trend_tasks_ = trend_tasks(self.trend_, memory_cal, tasks, y_cal - centre, self.min_history)
+            self.quality_["memory"]["tasks_answered_by_their_input_trend"] = len(self.trend_tasks_)
         if "cpus" in self.models_:
             rows = cal[np.isfinite(targets["cpus"].to_numpy()[cal])]
             if rows.size:
@@ -615,6 +623,12 @@ class LearnedAdvisor(BaseEstimator):
                     },
                 )
             )
+        chosen = getattr(self, "trend_tasks_", None)
+        if chosen and target in (None, "memory"):
+            for i, task in enumerate(tasks):
+                why = chosen.get(task)
+                if why is not None and n_hist[i] >= self.min_history:
+                    out[i] = self._trend_answer(task, features[i], coverage, out[i], why=why) or out[i]
         return out
 
     def _request_features(
@@ -658,14 +672,16 @@ class LearnedAdvisor(BaseEstimator):
         return [self._trend_answer(t, f, coverage, base) or base for t, f, base in zip(tasks, features, answers)]
 
     def _trend_answer(self, task: str, features: Mapping[str, Any], coverage: float,
-                      base: Recommendation) -> Recommendation | None:
-        """Memory from the task's input trend, when the trees have too little history to be
-        trained and calibrated; None when the task has no informative input or too few runs."""
+                      base: Recommendation, why: str | None = None) -> Recommendation | None:
+        """Memory from the task's input trend: when the trees have too little history to be
+        trained and calibrated (``why`` None: only where an input is informative), or when the
+        line was chosen for this task over the trees (``why``, see :mod:`scalable.advising.model_choice`).
+        None when the task has too few runs, or no informative input on the short-history path."""
         found = self.trend_.upper(task, features, coverage)
         if found is None:
             return None
         centre, upper_log, line, how = found
-        if line.feature is None or line.n < self.min_history:
+        if (line.feature is None and why is None) or line.n < self.min_history:
             return None
         median, upper = math.exp(centre), math.exp(min(upper_log, 700.0))
         width = upper / max(median, 1.0) - 1.0
@@ -675,10 +691,14 @@ class LearnedAdvisor(BaseEstimator):
             return None
         memory = max(upper, self.min_memory_bytes_, self._oom_floor(task))
         x = features.get(line.feature)
+        law = line.exponent if line.feature is not None else "its mean (no input predicts it better)"
         basis = (
-            f"input trend: p{_percent(coverage)} upper bound of peak memory ~ {line.exponent} "
+            f"input trend: p{_percent(coverage)} upper bound of peak memory ~ {law} "
             f"over {line.n} runs of this task ({how})"
         )
+        if why is not None:
+            basis += f"; {why}"
+
         added, _, seen = self.trend_.extrapolation(task, features)
         if added > 0:
             basis += _beyond_basis(line, seen)
@@ -697,7 +717,8 @@ class LearnedAdvisor(BaseEstimator):
             task=task,
             cpus_exact=base.cpus_exact,
             details={"history": line.n, "predicted_median_memory_bytes": median, "interval_width": width,
-                     "trend_feature": line.feature, "trend_exponent": line.slope, "trend_input": x},
+                     "memory_model": "input_trend", "trend_feature": line.feature, "trend_exponent": line.slope,
+                     "trend_input": x},
         )
 
     def _after_failure(self, plain: Recommendation, task: str, features: Mapping[str, Any], failed: int,
@@ -707,7 +728,7 @@ class LearnedAdvisor(BaseEstimator):
         answer: tuple[float, str] | None = None
         if plain.method == "learned" and median and failed > 0:
             centre = math.log(median)
-            if plain.details.get("trend_feature") is not None:
+            if plain.details.get("memory_model") == "input_trend":
                 answer = self.trend_.after_failure(task, features, math.log(failed), coverage)
             elif float(getattr(self, "spread_power", 0.0) or 0.0) == 0.0 and self.calibrator_ is not None:
                 found = conditional_quantile(self.calibrator_.scores_for(task), math.log(failed) - centre, coverage)
@@ -747,6 +768,21 @@ class LearnedAdvisor(BaseEstimator):
         if memory == self._oom_floor(task) and memory > self.min_memory_bytes_:
             return f"; raised to the OOM floor {format_memory(memory)} (a run of this task was killed at less)"
         return f"; raised to the minimum {format_memory(self.min_memory_bytes_)} (the model said {format_memory(upper)})"
+
+    def _request_ceiling(self, task: str, inputs: Mapping[str, Any] | None) -> int | None:
+        """The most a short-history answer may ask: the memory the request itself asks for
+        (``requested_memory_bytes``), while every known run of the task fitted under it and no
+        run was OOM-killed at it. The fallback's margins are measured over other tasks' short
+        histories; the request is the workflow author's word for this one, and it has held."""
+        requested = positive_number(dict(inputs or {}).get("requested_memory_bytes"))
+        if requested is None:
+            return None
+        history = self.fallback_.tasks_.get(task)
+        if history is not None:
+            memory = history.memory
+            if memory.oom_floor >= requested or (memory.n and float(memory.values.max()) > requested):
+                return None
+        return int(math.ceil(max(requested, self.min_memory_bytes_)))
 
     def _oom_floor(self, task: str) -> float:
         history = self.fallback_.tasks_.get(task)
@@ -805,6 +841,13 @@ class LearnedAdvisor(BaseEstimator):
                         f"{n_known} known runs ({memory_bytes} bytes) instead of the ResourceAdvisor default"
                     )
                 fallback_method = "all_runs"
+        ceiling = self._request_ceiling(task, inputs)
+        if ceiling is not None and memory_bytes > ceiling:
+            if target in (None, "memory"):
+                basis += (f"; lowered to the memory the request asks for ({format_memory(ceiling)}): no run of "
+                          f"this task needed more, and a short history does not outweigh it")
+            memory_bytes = ceiling
+            interval = None if interval is None else (min(interval[0], ceiling), ceiling)
         if model_duration and duration is not None and target == "duration":
             basis = f"{self.model_type} model: predicted duration {duration:.1f}s ({reason} for memory)"
         return Recommendation._trusted(
@@ -915,6 +958,7 @@ class LearnedAdvisor(BaseEstimator):
                 self.fallback_calibration_.to_state() if getattr(self, "fallback_calibration_", None) else None
             ),
             "trend": self.trend_.to_state() if getattr(self, "trend_", None) is not None else None,
+            "trend_tasks": dict(getattr(self, "trend_tasks_", {})),
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
         self.model_version_ = version_dir.name
@@ -974,6 +1018,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.fallback_calibration_ = FallbackCalibration.from_state(stored) if stored is not None else None
         trend = payload.get("trend")  # absent in models stored before input trends
         advisor.trend_ = InputTrend.from_state(trend) if trend is not None else None
+        advisor.trend_tasks_ = dict(payload.get("trend_tasks") or {})
         advisor.quality_ = dict(metadata.get("quality") or {})
         advisor.training_ = dict(metadata.get("training") or {})
         advisor.model_version_ = version
@@ -1001,6 +1046,7 @@ class LearnedAdvisor(BaseEstimator):
         advisor.calibrator_ = None
         advisor.fallback_calibration_ = None
         advisor.trend_ = None
+        advisor.trend_tasks_ = {}
         advisor.cpu_scores_ = np.zeros(0)
         advisor.quality_ = {}
         advisor.training_ = {}

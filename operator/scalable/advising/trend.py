@@ -14,13 +14,16 @@ Two uses, both in :class:`~scalable.advising.learned_advisor.LearnedAdvisor`:
 * **beyond the seen range** the model's centre is continued along the line:
   :meth:`InputTrend.extrapolation` is how much the line rises (in log space) from the largest
   input the task ran with to ``x``, 0 inside;
-* **short history** (too few runs to train and calibrate the trees) the line *is* the model,
-  with an upper bound from its left-one-out errors (:meth:`InputTrend.upper`): the residuals
-  of every task, studentised by their task's spread, give a conformal quantile once there are
-  enough of them (jackknife+ style: each from a fit that did not see the run), and below that
-  Student's t prediction interval of the regression, which assumes log-normal errors and
-  says so in its ``method``. A task's spread is shrunk towards the spread of all tasks, so
-  five runs that happen to agree do not promise a razor-thin interval.
+* **as the task's model** (too few runs to train and calibrate the trees, or the line chosen
+  over them for this task, see :mod:`scalable.advising.model_choice`) the line answers, with
+  an upper bound from left-one-out errors (:meth:`InputTrend.upper`, jackknife+ style: each
+  error from a fit that did not see the run). A task with enough errors of its own to promise
+  the coverage (19 at 95%) gets the conformal quantile of those (Mondrian: a steady task is
+  not charged for an erratic one); below that the residuals of every task, studentised by
+  their task's spread, give a pooled conformal quantile once there are enough of them, and
+  below that Student's t prediction interval of the regression, which assumes log-normal
+  errors and says so in its ``method``. A task's spread is shrunk towards the spread of all
+  tasks, so five runs that happen to agree do not promise a razor-thin interval.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from scalable.advising.calibration import conditional_quantile, conformal_quantile
 
 __all__ = ["InputTrend", "TaskTrend", "MAX_SLOPE", "positive_number"]
 
@@ -158,6 +163,7 @@ class InputTrend:
         names = tasks[order].astype(str)
         starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(order) else np.zeros(0, dtype=int)
         fits: dict[str, tuple[TaskTrend, np.ndarray]] = {}
+        error_rows, errors = [], []
         for start, end in zip(starts, np.r_[starts[1:], len(order)]):
             rows = order[start:end][-RECENT_RUNS:]
             if len(rows) < self.min_runs:
@@ -179,15 +185,23 @@ class InputTrend:
             sigma = float(np.sqrt((loo**2).sum() / len(rows))) if dof > 0 else float("nan")
             trend = TaskTrend(name, intercept, slope, len(rows), sigma, mean_u, suu, x_max, form)
             fits[str(names[start])] = (trend, loo)
+            error_rows.append(rows)
+            errors.append(loo)
         known = [t.sigma for t, _ in fits.values() if math.isfinite(t.sigma)]
         self.pooled_sigma_ = max(float(np.median(known)) if known else MIN_SIGMA, MIN_SIGMA)
         self.trends_: dict[str, TaskTrend] = {}
+        self.task_errors_: dict[str, np.ndarray] = {}
         scores = []
         for task, (trend, loo) in fits.items():
             trend = self._shrunk(trend)
             self.trends_[task] = trend
             scores.append(loo / trend.sigma)
+            self.task_errors_[task] = np.sort(loo)
         self.scores_ = np.sort(np.concatenate(scores)) if scores else np.zeros(0)
+        #: row -> left-one-out log error of its task's line, for the rows the lines were fitted
+        #: on (fit-time only, not persisted: what the choice between line and trees is judged on)
+        self.row_errors_ = pd.Series(np.concatenate(errors) if errors else np.zeros(0),
+                                     index=np.concatenate(error_rows) if error_rows else np.zeros(0, dtype=int))
         return self
 
     def _shrunk(self, trend: TaskTrend) -> TaskTrend:
@@ -209,8 +223,22 @@ class InputTrend:
             return 0.0, trend, x
         return trend.centre(x) - trend.centre(trend.x_max), trend, x
 
+    def _own(self, task: str, coverage: float) -> np.ndarray | None:
+        """The task's own sorted left-one-out log errors when there are enough of them to
+        promise ``coverage`` (at 95%, 19), else None."""
+        errors = self.task_errors_.get(task)
+        if errors is None or not math.isfinite(conformal_quantile(errors, coverage)):
+            return None
+        return errors
+
+    def _scale(self, trend: TaskTrend, x: float | None) -> float:
+        """How much wider than on its own runs a prediction at ``x`` is: 1 within them, growing
+        with the distance beyond them (the leverage of a new point against a typical fitted one)."""
+        typical = 1.0 + (2.0 if trend.feature is not None else 1.0) / trend.n
+        return max(1.0, math.sqrt((1.0 + trend.leverage(x)) / typical))
+
     def quantile(self, trend: TaskTrend, coverage: float) -> tuple[float, str]:
-        """The studentised error quantile for ``coverage`` and how it was obtained."""
+        """The studentised error quantile pooled over tasks for ``coverage`` and how it was obtained."""
         n = len(self.scores_)
         level = math.ceil((n + 1) * coverage)
         if n and level <= n:
@@ -228,13 +256,17 @@ class InputTrend:
             return None
         x = self._input(trend, features)
         centre = trend.centre(x)
+        own = self._own(task, coverage)
+        if own is not None:
+            scale = self._scale(trend, x)
+            found = conditional_quantile(own, (failed_log - centre) / scale, coverage)
+            if found is not None:
+                return centre + found[0] * scale, f"conformal on the {found[1]} left-one-out errors of this task above it"
         scale = trend.sigma * math.sqrt(1.0 + trend.leverage(x))
         above = (failed_log - centre) / scale
-        from scalable.advising.calibration import conditional_quantile
-
         found = conditional_quantile(self.scores_, above, coverage)
         if found is not None:
-            return centre + found[0] * scale, f"conformal on the {found[1]} left-one-out errors above it"
+            return centre + found[0] * scale, f"conformal on the {found[1]} left-one-out errors of all tasks above it"
         from scipy.stats import t as student
 
         dof = max(trend.degrees_of_freedom, 1)
@@ -251,6 +283,11 @@ class InputTrend:
             return None
         x = self._input(trend, features)
         centre = trend.centre(x)
+        own = self._own(task, coverage)
+        if own is not None:
+            q = conformal_quantile(own, coverage)
+            method = f"conformal on this task's {own.size} left-one-out errors"
+            return centre, centre + max(q, 0.0) * self._scale(trend, x), trend, method
         q, method = self.quantile(trend, coverage)
         return centre, centre + q * trend.sigma * math.sqrt(1.0 + trend.leverage(x)), trend, method
 
@@ -260,6 +297,9 @@ class InputTrend:
             "pooled_sigma": self.pooled_sigma_,
             "scores": self.scores_.tolist(),
             "trends": {task: asdict(trend) for task, trend in self.trends_.items()},
+            "error_tasks": list(self.task_errors_),
+            "error_counts": np.array([e.size for e in self.task_errors_.values()], dtype=np.int64),
+            "errors": (np.concatenate(list(self.task_errors_.values())) if self.task_errors_ else np.zeros(0)),
         }
 
     @classmethod
@@ -268,4 +308,10 @@ class InputTrend:
         trend.pooled_sigma_ = float(state["pooled_sigma"])
         trend.scores_ = np.asarray(state["scores"], dtype=float)
         trend.trends_ = {task: TaskTrend(**fields) for task, fields in state["trends"].items()}
+        trend.task_errors_ = {}
+        if "errors" in state:  # absent in models stored before per-task intervals
+            errors = np.asarray(state["errors"], dtype=float)
+            ends = np.cumsum(np.asarray(state["error_counts"], dtype=np.int64))
+            for task, end, count in zip(state["error_tasks"], ends, state["error_counts"]):
+                trend.task_errors_[str(task)] = errors[end - count:end]
         return trend

@@ -1,0 +1,102 @@
+"""Per task: the line or the shared trees, an interval from the task's own errors, and the
+request as the ceiling of a short-history answer measured on other tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scalable.advising.learned_advisor import LearnedAdvisor
+from scalable.advising.model_choice import trend_tasks
+from scalable.advising.trend import InputTrend
+from scalable.units import MiB
+
+
+def _runs(task: str, n: int, start: float, peak: np.ndarray, size: np.ndarray, request: float | None = None) -> pd.DataFrame:
+    begin = start + 60.0 * np.arange(n)
+    frame = pd.DataFrame({
+        "task": task, "tag": task, "state": "succeeded", "peak_memory_bytes": peak, "cpu_seconds": 10.0,
+        "duration_s": 10.0, "submitted_at": begin, "start_time": begin, "end_time": begin + 10, "feature.size": size,
+    })
+    if request is not None:
+        frame["feature.requested_memory_bytes"] = request
+    return frame
+
+
+def _workflow(seed: int = 0) -> pd.DataFrame:
+    """An early, steady task ('align': 41.3 GB whatever its input) then erratic later tasks,
+    the only ones in the time hold-out: the shape of an nf-core pipeline's trace."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    align = _runs("align", n, 1.7e9, 41.3e9 * (1 + rng.uniform(0, 0.001, n)), rng.uniform(1e10, 3e11, n))
+    later = [
+        _runs(f"report{i}", 80, 1.7e9 + 1e5 + i * 1e4, 300 * MiB * rng.lognormal(0, 0.8, 80), rng.uniform(1, 10, 80))
+        for i in range(3)
+    ]
+    return pd.concat([align, *later], ignore_index=True)
+
+
+def test_a_task_the_hold_out_never_saw_gets_an_interval_from_its_own_runs():
+    frame = _workflow()
+    advisor = LearnedAdvisor(min_memory="1Ki").fit(frame)
+    rec = advisor.recommend("align", input_features={"size": 2e11})
+    peak = frame.loc[frame["task"] == "align", "peak_memory_bytes"].max()
+    assert rec.method == "learned", rec.basis
+    assert "input trend" in rec.basis and "chosen over the shared model" in rec.basis
+    assert "this task's 60 left-one-out errors" in rec.basis
+    assert peak <= rec.memory_bytes <= 1.01 * peak, (rec.memory_bytes / 1e9, peak / 1e9)
+
+
+def test_the_interval_pooled_over_tasks_is_wider_for_that_task():
+    frame = _workflow()
+    trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
+                             np.log(frame["peak_memory_bytes"].to_numpy()))
+    centre, own_upper, line, how = trend.upper("align", {"size": 2e11}, 0.95)
+    pooled_q, _ = trend.quantile(line, 0.95)
+    pooled_upper = centre + pooled_q * line.sigma
+    assert "this task's" in how
+    assert own_upper < pooled_upper
+
+
+def test_the_trees_keep_a_task_where_they_were_better_on_its_held_out_runs():
+    frame = _workflow()
+    trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
+                             np.log(frame["peak_memory_bytes"].to_numpy()))
+    rows = np.flatnonzero((frame["task"] == "report0").to_numpy())[-20:]
+    tasks = frame["task"].to_numpy(dtype=object)[rows]
+    line_errors = trend.row_errors_.reindex(rows).to_numpy()
+    better = trend_tasks(trend, rows, tasks, line_errors * 0.5, min_history=5)
+    worse = trend_tasks(trend, rows, tasks, line_errors * 2.0, min_history=5)
+    assert "report0" not in better
+    assert "report0" in worse and "20 held-out runs" in worse["report0"]
+    assert "align" in better and "0 held-out runs" in better["align"], "no evidence for the trees there"
+
+
+def test_the_choice_survives_save_and_load(tmp_path):
+    advisor = LearnedAdvisor(min_memory="1Ki").fit(_workflow())
+    before = advisor.recommend("align", input_features={"size": 2e11})
+    advisor.save(tmp_path)
+    loaded = LearnedAdvisor.load(tmp_path)
+    after = loaded.recommend("align", input_features={"size": 2e11})
+    assert after.memory_bytes == before.memory_bytes and after.basis == before.basis
+
+
+def test_a_short_history_answer_never_asks_more_than_a_request_that_held():
+    rng = np.random.default_rng(3)
+    frame = _workflow()
+    request = 6.5e9  # above the three runs, below the short-history widening of them
+    few = _runs("heatmap", 3, 1.7e9 + 5e5, 5.9e9 * (1 + rng.uniform(0, 0.03, 3)), rng.uniform(1, 2, 3), request)
+    advisor = LearnedAdvisor(min_memory="1Ki").fit(pd.concat([frame, few], ignore_index=True))
+    rec = advisor.recommend("heatmap", input_features={"size": 1.5, "requested_memory_bytes": request})
+    assert rec.method == "percentile"
+    assert rec.memory_bytes == request, rec.basis
+    assert "lowered to the memory the request asks for (6199Mi): no run of this task needed more" in rec.basis
+
+
+def test_a_request_a_run_outgrew_is_no_ceiling():
+    frame = _workflow()
+    request = 4e9
+    few = _runs("heatmap", 3, 1.7e9 + 5e5, np.array([5.9e9, 6.0e9, 6.1e9]), np.array([1.0, 1.5, 2.0]), request)
+    advisor = LearnedAdvisor(min_memory="1Ki").fit(pd.concat([frame, few], ignore_index=True))
+    rec = advisor.recommend("heatmap", input_features={"size": 1.5, "requested_memory_bytes": request})
+    assert rec.memory_bytes >= 6.1e9 and "lowered to the memory the request" not in rec.basis
