@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from scalable.controller.resources import AdvisorModelSpec, ScalableWorkflowSpec
-from tests.support.chart import CHART_DIR, apply_documents, find, helm, kubectl, render
+from tests.support.chart import CHART_DIR, apply_documents, find, helm, kubectl, operator_args, render
 from tests.support.testenv import REPO_ROOT
 from tests.unit.deploy.test_chart_files import chart_sync
 
@@ -152,6 +152,9 @@ async def test_every_option_renders_and_the_api_server_accepts_it(values: Path, 
     ({"operator": {"prometheusUrl": "prometheus:9090"}}, "prometheusUrl"),
     ({"service": {"metricsPort": 70000}}, "metricsPort"),
     ({"replica": 2}, "replica"),  # a typo of an existing key
+    ({"ingest": {"tls": {"secretName": "Ingest_TLS"}}}, "secretName"),
+    ({"ingest": {"tls": {"mountPath": "relative/dir"}}}, "mountPath"),
+    ({"ingest": {"tls": {"secret": "x"}}}, "secret"),
 ])
 def test_the_schema_rejects_a_wrong_value(bad, message, tmp_path):
     path = tmp_path / "bad.yaml"
@@ -159,6 +162,25 @@ def test_the_schema_rejects_a_wrong_value(bad, message, tmp_path):
     proc = helm("template", "x", str(CHART_DIR), "--values", str(path), check=False)
     assert proc.returncode != 0, f"{bad} was accepted"
     assert "values don't meet the specifications of the schema" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_ingestion_tls_mounts_the_secret_and_serves_https():
+    """ingest.tls.secretName: the Secret's certificate and key mounted read-only (the key for the
+    pod's fsGroup only), the operator started with them, the Service's port marked https; by
+    default none of it."""
+    plain = render()
+    assert not [a for a in operator_args(plain) if a.startswith("--ingest-tls")]
+    docs = render(set_values={"ingest": {"tls": {"secretName": "ingest-cert"}, "audiences": ["scalable"]}})
+    args = operator_args(docs)
+    assert "--ingest-tls-cert=/etc/scalable/ingest-tls/tls.crt" in args and "--ingest-tls-key=/etc/scalable/ingest-tls/tls.key" in args
+    assert "--ingest-audience=scalable" in args
+    pod = find(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "ingest-tls")
+    assert volume["secret"]["secretName"] == "ingest-cert" and volume["secret"]["defaultMode"] == 0o440
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ingest-tls")
+    assert mount == {"name": "ingest-tls", "mountPath": "/etc/scalable/ingest-tls", "readOnly": True}
+    port = next(p for p in find(docs, "Service")[0]["spec"]["ports"] if p["name"] == "ingest")
+    assert port["appProtocol"] == "https"
 
 
 def test_deploy_is_generated_from_the_chart():
