@@ -41,7 +41,7 @@ from scalable.advising.calibration import ConformalCalibrator, conditional_quant
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.model_choice import trend_tasks
-from scalable.advising.recommendation import Recommendation
+from scalable.advising.recommendation import Recommendation, after_oom_kill
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.advising.trend import InputTrend, TaskTrend, positive_number
 from scalable.units import format_memory, parse_memory
@@ -734,19 +734,11 @@ class LearnedAdvisor(BaseEstimator):
                 found = conditional_quantile(self.calibrator_.scores_for(task), math.log(failed) - centre, coverage)
                 if found is not None:
                     answer = (centre + found[0], f"conformal on the {found[1]} held-out runs that needed more")
-        if answer is not None and failed < math.exp(min(answer[0], 700.0)) < 2 * failed:
-            memory = math.ceil(math.exp(answer[0]))
-            how = f"p{_percent(coverage)} of what runs needing more than that needed ({answer[1]})"
-        else:  # doubling, the retry convention of workflow managers, is also the most a tail estimate may ask
-            memory, how = 2 * failed, "doubled: too few runs needed more than that to calibrate the next attempt"
-        memory = max(memory, plain.memory_bytes if plain.memory_bytes > failed else 0)
-        basis = f"{plain.basis}; the last attempt was OOM-killed at {format_memory(failed)}: {format_memory(memory)}, {how}"
-        return Recommendation._trusted(**{
-            **{k: getattr(plain, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
-                                              "model_version", "task", "cpus_exact", "keys_shown")},
-            "memory_bytes": memory, "basis": basis, "interval": (failed, memory),
-            "details": {**plain.details, "failed_memory_bytes": failed},
-        })
+        estimate = None
+        if answer is not None:
+            memory = math.exp(min(answer[0], 700.0))
+            estimate = (math.ceil(memory), f"p{_percent(coverage)} of what runs needing more than that needed ({answer[1]})")
+        return after_oom_kill(plain, failed, estimate)
 
     def _beyond_seen(self, tasks: Sequence[str], features: Sequence[Mapping[str, Any]]) -> dict[int, tuple[float, TaskTrend, float]]:
         """Requests whose input is above the largest their task ran with: (log-space addition to the

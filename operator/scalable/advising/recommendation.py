@@ -157,3 +157,27 @@ _DEFAULTS: dict[str, Any] = {
     f.name: (f.default if f.default is not MISSING else None) for f in fields(Recommendation)
 }
 _DEFAULTS.update(details={}, keys_shown=())
+
+
+DOUBLED = "doubled: too few runs needed more than that to calibrate the next attempt"
+
+
+def after_oom_kill(plain: Recommendation, failed: int, estimate: tuple[int, str] | None = None) -> Recommendation:
+    """``plain`` for the next attempt of a run OOM-killed at ``failed`` bytes.
+
+    ``estimate`` is an advisor's own (memory, how it was obtained) for that attempt; it is used
+    when it lies above the failure and below double it. Otherwise the memory is doubled, the
+    retry convention of workflow managers and the most a tail estimate may ask. Never less
+    than ``plain`` when ``plain`` is already above the failure."""
+    if estimate is not None and failed < estimate[0] < 2 * failed:
+        memory, how = int(estimate[0]), estimate[1]
+    else:
+        memory, how = 2 * failed, DOUBLED
+    memory = max(memory, plain.memory_bytes if plain.memory_bytes > failed else 0)
+    basis = f"{plain.basis}; the last attempt was OOM-killed at {format_memory(failed)}: {format_memory(memory)}, {how}"
+    return Recommendation._trusted(**{
+        **{k: getattr(plain, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
+                                          "model_version", "task", "cpus_exact", "keys_shown")},
+        "memory_bytes": memory, "basis": basis, "interval": (failed, memory),
+        "details": {**plain.details, "failed_memory_bytes": failed},
+    })

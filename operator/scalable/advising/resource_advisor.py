@@ -26,7 +26,7 @@ from scalable.advising.estimators import (
     ShortHistoryWidening,
     oom_floor,
 )
-from scalable.advising.recommendation import Recommendation
+from scalable.advising.recommendation import Recommendation, after_oom_kill
 from scalable.units import format_memory, parse_cpu, parse_memory
 
 __all__ = ["ResourceAdvisor", "TARGETS", "USAGE_STATES", "usage_columns"]
@@ -159,13 +159,19 @@ class ResourceAdvisor(BaseEstimator):
         coverage: float | None = None,
         input_features: Mapping[str, Any] | None = None,
         tag: str | None = None,
+        failed_memory: str | int | None = None,
     ) -> Recommendation:
         """Resources for the next run of ``task`` (running with ``tag``, if known).
 
         ``input_features`` is accepted so that callers can treat both advisors alike; a
         percentile of history does not depend on them. ``target`` chooses which quantity the
-        basis explains ("memory" by default, "cpus" or "duration").
+        basis explains ("memory" by default, "cpus" or "duration"). ``failed_memory``: the last
+        attempt was OOM-killed at that memory; a percentile has no tail calibration to size the
+        retry from, so the memory is doubled (see :func:`~scalable.advising.recommendation.after_oom_kill`).
         """
+        if failed_memory is not None:
+            plain = self.recommend(task, target, coverage, input_features, tag)
+            return after_oom_kill(plain, parse_memory(failed_memory))
         if target not in TARGETS:
             raise ValueError(f"target must be one of memory, cpus, duration or None, not {target!r}")
         coverage = self.coverage if coverage is None else coverage

@@ -349,9 +349,20 @@ class Decision(_Spec):
     processing: float | None = None
 
 
+class OOMKillStatus(_Spec):
+    """The largest memory limit at which a worker of the group was OOM-killed under a model version."""
+
+    memory: str = Field(description="The worker container's memory limit when the kernel killed it.")
+    pod: str | None = None
+    time: str | None = Field(default=None, description="When the operator first saw it.")
+    modelVersion: str | None = Field(default=None, description="The model the recommendation came from then; "
+                                     "the kill sizes the retry until a newer model is trained.")
+
+
 class GroupStatus(_Spec):
     name: str
     recommendation: Recommendation | None = None
+    lastOOMKill: OOMKillStatus | None = None
     currentReplicas: int | None = None
     desiredReplicas: int | None = None
     lastDecision: Decision | None = None

@@ -143,6 +143,7 @@ def should_apply(
     mark: SizedMark | None,
     generation: int,
     model: str | None = None,
+    oom_killed_at: int | None = None,
 ) -> tuple[bool, str]:
     """Whether to write ``sized`` into the template, and why (or why not).
 
@@ -152,6 +153,8 @@ def should_apply(
     the AdvisorModel behind ``sized`` (None before one is trained). ``Initial`` sizes once per
     generation, and once more when the first trained model replaces what the template was
     sized with before it (``kubectl apply -f examples/`` creates both at once).
+    ``oom_killed_at``: a worker with this memory limit was OOM-killed; a template at or below it
+    is resized in ``Initial`` and ``Auto`` alike, since the kernel has shown it too small.
     """
     current = ContainerResources.of(container)
     old_cpu, old_mem = current.cpus, current.memory_bytes
@@ -160,6 +163,8 @@ def should_apply(
         return False, "resourcePolicy.mode is Off: recommendation only"
     if same:
         return False, "the worker template already has the recommended resources"
+    if oom_killed_at and sized.memory_bytes > oom_killed_at and (old_mem is None or old_mem <= oom_killed_at):
+        return True, f"a worker was OOM-killed at {format_memory(oom_killed_at)}, which this template does not exceed"
     if mark is None:
         return True, "first sizing of this worker group"
     if mark.generation != generation:

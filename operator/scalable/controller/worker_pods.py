@@ -26,14 +26,17 @@ from typing import Any
 
 from scalable.controller.conditions import get_condition
 from scalable.controller.kube import KubeClient, KubeError
+from scalable.units import QuantityError, parse_memory
 
 __all__ = [
     "CONDITION",
     "EVENT_REASON",
+    "OOMKill",
     "FORBIDDEN_RETRY_S",
     "RefusedPod",
     "WorkerPods",
     "WorkerPodsCheck",
+    "oom_kill",
     "refusal",
     "scheduled_condition",
     "summarise",
@@ -50,6 +53,8 @@ REFUSED_WAITING_REASONS = frozenset({"CreateContainerConfigError", "CreateContai
 #: pod reasons of a kubelet's admission refusal (phase Failed before any container ran)
 REFUSED_POD_REASONS = frozenset({"OutOfcpu", "OutOfmemory", "OutOfpods", "UnexpectedAdmissionError"})
 MAX_MESSAGE = 2000
+#: dask-kubernetes' label naming a worker pod's DaskWorkerGroup
+WORKER_GROUP_LABEL = "dask.org/workergroup-name"
 
 log = logging.getLogger("scalable.controller.worker_pods")
 
@@ -70,6 +75,15 @@ class RefusedPod:
 
 
 @dataclass(frozen=True)
+class OOMKill:
+    """A worker container the kernel killed for memory, at the memory limit it had."""
+
+    pod: str
+    group: str
+    limit_bytes: int
+
+
+@dataclass(frozen=True)
 class WorkerPods:
     """What the worker pods of one cluster look like; ``error`` says why they could not be read."""
 
@@ -78,6 +92,12 @@ class WorkerPods:
     refused: tuple[RefusedPod, ...] = ()
     error: str | None = None
     error_reason: str | None = None
+    oom_kills: tuple[OOMKill, ...] = ()
+
+    def largest_oom_kill(self, group: str) -> OOMKill | None:
+        """The OOM kill at the largest limit among the workers of DaskWorkerGroup ``group``."""
+        kills = [k for k in self.oom_kills if k.group == group]
+        return max(kills, key=lambda k: k.limit_bytes) if kills else None
 
 
 def _limits(pod: Mapping[str, Any], container_names: Collection[str]) -> str:
@@ -109,6 +129,29 @@ def refusal(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def oom_kill(pod: Mapping[str, Any], container_names: Collection[str]) -> OOMKill | None:
+    """The worker container's OOM kill (now or its last restart) and the limit it had, else None.
+    A container without a readable memory limit says nothing about how much memory is enough."""
+    statuses = {c.get("name"): c for c in (pod.get("status") or {}).get("containerStatuses") or []}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") not in container_names:
+            continue
+        found = statuses.get(container.get("name")) or {}
+        ended = [((found.get(k) or {}).get("terminated") or {}) for k in ("state", "lastState")]
+        if not any(t.get("reason") == "OOMKilled" for t in ended):
+            continue
+        resources = container.get("resources") or {}
+        limit = (resources.get("limits") or {}).get("memory") or (resources.get("requests") or {}).get("memory")
+        try:
+            limit_bytes = parse_memory(limit) if limit is not None else None
+        except QuantityError:
+            limit_bytes = None
+        if limit_bytes:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            return OOMKill(pod["metadata"]["name"], str(labels.get(WORKER_GROUP_LABEL, "")), limit_bytes)
+    return None
+
+
 def _is_scheduled(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "PodScheduled" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
@@ -123,7 +166,9 @@ def summarise(pods: Iterable[Mapping[str, Any]], container_names: Collection[str
         found = refusal(pod)
         if found is not None:
             refused.append(RefusedPod(pod["metadata"]["name"], found[0], found[1], _limits(pod, container_names)))
-    return WorkerPods(total=len(live), scheduled=sum(1 for p in live if _is_scheduled(p)), refused=tuple(refused))
+    kills = tuple(k for k in (oom_kill(p, container_names) for p in live) if k is not None)
+    return WorkerPods(total=len(live), scheduled=sum(1 for p in live if _is_scheduled(p)), refused=tuple(refused),
+                      oom_kills=kills)
 
 
 def _too_big(pod: RefusedPod) -> bool:

@@ -40,7 +40,9 @@ from scalable.controller.dask_objects import (
     worker_pod_spec,
 )
 from scalable.controller.scaling_loop import PollDeps, _features, make_scaler, poll_once
+from scalable.controller.timestamps import precise_time
 from scalable.scaling.history import ScalingHistory
+from scalable.units import QuantityError, exact_memory, format_memory, parse_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
 
@@ -52,6 +54,7 @@ HOLD_RECORD_INTERVAL_S = 60.0
 @dataclass
 class SizingResult:
     recommendations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oom_kills: dict[str, dict[str, Any]] = field(default_factory=dict)
     conditions: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -60,18 +63,69 @@ def _workflow_key(body: Mapping[str, Any]) -> str:
     return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
 
 
+def _worker_group_of(target: GroupTarget) -> str:
+    """The DaskWorkerGroup whose pods run ``target``'s workers (a DaskCluster's: its default group)."""
+    return default_worker_group_name(target.name) if target.kind == "DaskCluster" else target.name
+
+
+def _oom_kill(target: GroupTarget, pods: worker_pods.WorkerPods | None, previous: Mapping[str, Any] | None,
+              model_version: str | None, now: float) -> tuple[dict[str, Any] | None, bool]:
+    """The group's ``lastOOMKill`` status: the largest limit of a worker OOM-killed now, or the one
+    recorded under the same model version (the killed pods may be gone, the lesson is not); and
+    whether it is a kill not recorded before. A newer model has learned from the telemetry of
+    the kill (its OOM floor), so an older record no longer applies."""
+    recorded = (previous or {}).get("lastOOMKill") or None
+    if recorded and recorded.get("modelVersion") != model_version:
+        recorded = None
+    try:
+        recorded_bytes = parse_memory(recorded["memory"]) if recorded else 0
+    except (QuantityError, KeyError, TypeError):
+        recorded, recorded_bytes = None, 0
+    seen = pods.largest_oom_kill(_worker_group_of(target)) if pods is not None else None
+    if seen is None or seen.limit_bytes <= recorded_bytes:
+        return (dict(recorded) if recorded else None), False
+    return {"memory": exact_memory(seen.limit_bytes), "pod": seen.pod, "time": precise_time(now),
+            "modelVersion": model_version}, True
+
+
+def oom_evidence(targets: list[GroupTarget], pods: worker_pods.WorkerPods | None) -> tuple[tuple[str, int], ...]:
+    """Per group, the largest memory limit at which one of its workers was OOM-killed: sizing
+    runs again whenever this changes."""
+    if pods is None:
+        return ()
+    found = ((t.group.name, pods.largest_oom_kill(_worker_group_of(t))) for t in targets)
+    return tuple((name, kill.limit_bytes) for name, kill in found if kill is not None)
+
+
 async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkflowSpec, targets: list[GroupTarget],
-                      advisor: Any, model_version: str | None) -> SizingResult:
-    """Recommend per group and, where the resource policy says so, write the pod templates."""
+                      advisor: Any, model_version: str | None,
+                      pods: worker_pods.WorkerPods | None = None) -> SizingResult:
+    """Recommend per group and, where the resource policy says so, write the pod templates.
+
+    A group with a worker the kernel OOM-killed at a limit the recommendation does not exceed
+    gets the advisor's answer for the retry of a run killed at that limit (``failed_memory``):
+    the worker's limit proved too small, whatever the model has not learned yet."""
     result = SizingResult()
     namespace = body["metadata"]["namespace"]
     key = _workflow_key(body)
+    previous = {g.get("name"): g for g in ((body.get("status") or {}).get("groups") or []) if isinstance(g, Mapping)}
+    now = time.time()
     generation = int(body["metadata"].get("generation") or 0)
     applied, recommend_only, problems = [], [], []
     for target in targets:
         group = target.group
         try:
             rec = advisor.recommend(group.task, input_features=_features(group))
+            kill, new_kill = _oom_kill(target, pods, previous.get(group.name), model_version, now)
+            if kill is not None:
+                result.oom_kills[group.name] = kill
+            killed_at = parse_memory(kill["memory"]) if kill is not None else 0
+            if killed_at and killed_at >= rec.memory_bytes:
+                rec = advisor.recommend(group.task, input_features=_features(group), failed_memory=killed_at)
+                if new_kill:
+                    result.events.append(("WorkerOOMKilled", "Warning", (
+                        f"group {group.name!r}: worker pod {kill['pod']} was OOM-killed at its limit {kill['memory']}, "
+                        f"not above the recommendation; new workers are sized for the retry: {format_memory(rec.memory_bytes)}")))
         except Exception as exc:  # noqa: BLE001 - an advisor failure is reported, not fatal
             problems.append(f"group {group.name!r}: the advisor failed: {type(exc).__name__}: {exc}")
             continue
@@ -112,7 +166,7 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
             try:
                 _, container = find_container(worker_pod_spec(obj), policy.containerName)
                 ok, why = sizing.should_apply(policy.mode, container, group_sized, SizedMark.read(obj, key), generation,
-                                              model_version)
+                                              model_version, oom_killed_at=killed_at or None)
                 if not ok:
                     held_because.append(why)
                     continue
@@ -286,18 +340,21 @@ class WorkflowLoop:
             self.scaler_key = scaler_key
 
         cluster, targets, problems = await resolve_targets(rt.kube, namespace, spec)
+        pods = None
+        if cluster is not None:
+            pods = await self.worker_pods.read(namespace, spec.clusterRef.name,
+                                               {g.resourcePolicy.containerName for g in spec.workerGroups})
         sizing_result = SizingResult()
-        sizing_key = (generation, choice.version)
+        sizing_key = (generation, choice.version, oom_evidence(targets, pods))
         if cluster is not None and (sizing_key != self.sized_key or now - self.sized_at >= rt.config.sizing_interval_s):
-            sizing_result = await size_groups(rt, body, spec, targets, choice.advisor, choice.version)
+            sizing_result = await size_groups(rt, body, spec, targets, choice.advisor, choice.version, pods)
             if not any(c["type"] == "Sized" and c["status"] is False and c["reason"] == "SizingIncomplete" and "retrying" in c["message"] for c in sizing_result.conditions):
                 self.sized_key, self.sized_at = sizing_key, now
             updates += sizing_result.conditions
             events += sizing_result.events
 
-        if cluster is not None:
-            scheduled = await self.worker_pods.condition(namespace, spec.clusterRef.name,
-                                                         {g.resourcePolicy.containerName for g in spec.workerGroups})
+        if pods is not None:
+            scheduled = worker_pods.scheduled_condition(pods)
             updates.append(scheduled)
             if worker_pods.turned_false(status.get("conditions"), scheduled):
                 events.append((worker_pods.EVENT_REASON, "Warning", scheduled["message"]))
@@ -322,7 +379,8 @@ class WorkflowLoop:
             updates.append({"type": "Ready", "status": True, "reason": "Reconciled", "message": f"DaskCluster {spec.clusterRef.name!r} and its groups found"})
 
         recommendations = {g: {"recommendation": r} for g, r in sizing_result.recommendations.items()}
-        groups = _merge_groups(spec, status.get("groups") or [], recommendations, poll.groups)
+        kills = {g: {"lastOOMKill": k} for g, k in sizing_result.oom_kills.items()}
+        groups = _merge_groups(spec, status.get("groups") or [], recommendations, kills, poll.groups)
         new_status = {
             **_summary(groups),
             "groups": groups,

@@ -100,3 +100,15 @@ def test_a_request_a_run_outgrew_is_no_ceiling():
     advisor = LearnedAdvisor(min_memory="1Ki").fit(pd.concat([frame, few], ignore_index=True))
     rec = advisor.recommend("heatmap", input_features={"size": 1.5, "requested_memory_bytes": request})
     assert rec.memory_bytes >= 6.1e9 and "lowered to the memory the request" not in rec.basis
+
+
+def test_the_percentile_advisor_doubles_after_an_oom_kill_and_says_so():
+    from scalable.advising.resource_advisor import ResourceAdvisor
+
+    advisor = ResourceAdvisor(min_memory="1Ki").fit(_workflow())
+    plain = advisor.recommend("align")
+    retry = advisor.recommend("align", failed_memory=plain.memory_bytes)
+    assert retry.memory_bytes == 2 * plain.memory_bytes
+    assert "OOM-killed at" in retry.basis and "doubled" in retry.basis
+    assert advisor.recommend("align", failed_memory="1Ki").memory_bytes == plain.memory_bytes, \
+        "a kill below the plain answer leaves it"

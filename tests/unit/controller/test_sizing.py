@@ -155,3 +155,15 @@ def test_initial_sizes_once_more_when_the_first_trained_model_arrives():
     assert not sizing.should_apply("Initial", container, sized, before_model, 1, None)[0]
     ops = sizing.template_patch(_cluster(), "worker", sized, "ns/wf", 1, "v1")
     assert json.loads(ops[-1]["value"][ANNOTATION_SIZED] if isinstance(ops[-1]["value"], dict) else ops[-1]["value"])["model"] == "v1"
+
+
+def test_a_template_an_oom_kill_proved_too_small_is_resized_in_initial_mode_too():
+    container = {"name": "worker", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+    retry = sizing.clamp(1, 2 * GiB)
+    ok, why = sizing.should_apply("Initial", container, retry, _mark(1), 1, None, oom_killed_at=GiB)
+    assert ok and "OOM-killed at 1Gi" in why
+    assert not sizing.should_apply("Initial", container, retry, _mark(1), 1, None)[0], "without the kill Initial holds"
+    assert not sizing.should_apply("Off", container, retry, _mark(1), 1, None, oom_killed_at=GiB)[0]
+    bigger = {"name": "worker", "resources": {"limits": {"cpu": "1", "memory": "3Gi"}}}
+    assert not sizing.should_apply("Initial", bigger, retry, _mark(1), 1, None, oom_killed_at=GiB)[0], \
+        "a template already above the kill is not the one that was killed"

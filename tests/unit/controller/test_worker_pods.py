@@ -168,3 +168,29 @@ def test_a_refused_read_is_unknown_and_a_403_is_not_asked_again_at_once():
     server_error = WorkerPodsCheck(_RefusingKube(500))
     condition = asyncio.run(server_error.condition("team", "sim", {"worker"}))
     assert condition["status"] == "Unknown" and condition["reason"] == "PodsUnreadable"
+
+
+def _oom_killed(name, *, memory="1Gi", group="sim-default", current=False):
+    pod = _running(name, memory=memory)
+    pod["metadata"]["labels"]["dask.org/workergroup-name"] = group
+    ended = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+    pod["status"]["containerStatuses"] = [{"name": "worker", "restartCount": 1, **(
+        {"state": ended} if current else {"state": {"running": {}}, "lastState": ended})}]
+    return pod
+
+
+def test_an_oom_killed_worker_is_found_with_the_limit_it_had_and_its_group():
+    pods = summarise([_oom_killed("w1", memory="1Gi"), _oom_killed("w2", memory="1536Mi", current=True),
+                      _oom_killed("w3", memory="8Gi", group="sim-big"), _running("w4")], {"worker"})
+    kill = pods.largest_oom_kill("sim-default")
+    assert (kill.pod, kill.limit_bytes) == ("w2", 1536 * 2**20)
+    assert pods.largest_oom_kill("sim-big").limit_bytes == 8 * 2**30
+    assert pods.largest_oom_kill("sim-other") is None
+
+
+def test_a_sidecar_killed_for_memory_or_a_worker_without_a_limit_says_nothing():
+    sidecar = _oom_killed("w1")
+    sidecar["status"]["containerStatuses"][0]["name"] = "sidecar"
+    no_limit = _oom_killed("w2")
+    no_limit["spec"]["containers"][1]["resources"] = {}
+    assert summarise([sidecar, no_limit], {"worker"}).oom_kills == ()
