@@ -37,6 +37,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from scalable.advising import defaults
+from scalable.advising.adaptive import AdaptiveOffset
 from scalable.advising.calibration import ConformalCalibrator, conditional_quantile, conformal_quantile
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
@@ -220,12 +221,10 @@ class LearnedAdvisor(BaseEstimator):
         self._log = HistoryLog.of(self.encoder_, frame)
         self.feature_names_ = list(self.encoder_.feature_names_)
         say("input trends")
-        inputs = frame[[c for c in frame.columns if c.startswith(FEATURE_PREFIX)]]
-        self.trend_ = InputTrend().fit(
-            frame["task"].astype(str).to_numpy(dtype=object),
-            inputs.rename(columns=lambda c: c[len(FEATURE_PREFIX):]),
-            targets["memory"].to_numpy(),
-        )
+        trend_inputs = frame[[c for c in frame.columns if c.startswith(FEATURE_PREFIX)]]
+        trend_inputs = trend_inputs.rename(columns=lambda c: c[len(FEATURE_PREFIX):])
+        self.trend_ = InputTrend().fit(frame["task"].astype(str).to_numpy(dtype=object), trend_inputs,
+                                       targets["memory"].to_numpy())
 
         n = len(frame)
         n_cal = int(round(n * self.calibration_fraction))
@@ -281,7 +280,12 @@ class LearnedAdvisor(BaseEstimator):
             self.quality_["memory"] = _held_out_quality(
                 scores, tasks, tags, centre, spread, y_cal, self.coverage, self.min_group_calibration
             )
-            self.trend_tasks_ = trend_tasks(self.trend_, memory_cal, tasks, y_cal - centre, self.min_history)
+            earlier = np.arange(0, n - n_cal)
+            task_names = frame["task"].astype(str).to_numpy(dtype=object)
+            earlier_lines = InputTrend().fit(task_names[earlier], trend_inputs.iloc[earlier],
+                                             targets["memory"].to_numpy()[earlier])
+            line_errors = y_cal - earlier_lines.predict_log(tasks, trend_inputs.iloc[memory_cal])
+            self.trend_tasks_ = trend_tasks(self.trend_, tasks, y_cal - centre, line_errors, self.min_history)
             self.quality_["memory"]["tasks_answered_by_their_input_trend"] = len(self.trend_tasks_)
         if "cpus" in self.models_:
             rows = cal[np.isfinite(targets["cpus"].to_numpy()[cal])]
@@ -338,15 +342,67 @@ class LearnedAdvisor(BaseEstimator):
         from scalable.advising.model_store import frame_digest
 
         self.training_digest_ = frame_digest(frame[["task", "end_time", "peak_memory_bytes", "duration_s"]])
+        self.adaptive_ = AdaptiveOffset(1.0 - float(self.coverage))
+        self.observed_until_ = float(frame["end_time"].max()) if n else -math.inf
         self._reset_caches()
         say("done")
         return self
+
+    def _observe(self, new: pd.DataFrame) -> None:
+        """Move the adaptive offset (:mod:`scalable.advising.adaptive`) by whether the runs that
+        finished since it last looked fitted what this advisor recommends for them; an
+        OOM-killed run is a miss whatever its recorded peak."""
+        adaptive = getattr(self, "adaptive_", None)
+        if adaptive is None or not self.ready or len(new) == 0 or "end_time" not in new:
+            return
+        state = new["state"].astype(str) if "state" in new else pd.Series("succeeded", index=new.index)
+        ended = new["end_time"].to_numpy(dtype=float) > self.observed_until_
+        measured = (state == "succeeded").to_numpy() & new["peak_memory_bytes"].notna().to_numpy()
+        killed = (state == "oom_killed").to_numpy()
+        rows = new[ended & (measured | killed)].sort_values("end_time", kind="stable")
+        if len(rows):
+            inputs = [c for c in rows.columns if c.startswith(FEATURE_PREFIX)]
+            requests = []
+            for record in rows[["task", *inputs, *(["tag"] if "tag" in rows else [])]].to_dict("records"):
+                features = {c[len(FEATURE_PREFIX):]: v for c, v in record.items() if c in inputs and positive_number(v) is not None}
+                tag = record.get("tag")
+                requests.append({"task": str(record["task"]), "input_features": features,
+                                 "tag": tag if isinstance(tag, str) else None})
+            recommended = np.array([r.memory_bytes for r in self.recommend_batch(requests)], dtype=float)
+            peaks = rows["peak_memory_bytes"].to_numpy(dtype=float)
+            missed = (rows["state"].astype(str).to_numpy() == "oom_killed") if "state" in rows else np.zeros(len(rows), bool)
+            missed = missed | (np.nan_to_num(peaks, nan=0.0) > recommended)
+            adaptive.observe(missed)
+            self.quality_["adaptive"] = {
+                "observed": adaptive.observed, "missed": adaptive.missed, "miss_rate": adaptive.miss_rate,
+                "promised_miss_rate": adaptive.target, "factor": round(adaptive.factor, 4)}
+        self.observed_until_ = max(self.observed_until_, float(new["end_time"].max()))
+
+    def _adapted(self, recs: list[Recommendation]) -> list[Recommendation]:
+        """``recs`` with memory times the adaptive factor (the floors still apply last), and said."""
+        adaptive = getattr(self, "adaptive_", None)
+        if adaptive is None or not adaptive.observed or adaptive.offset == 0.0:
+            return recs
+        factor = adaptive.factor
+        note = (f"; x{factor:.3f} after {adaptive.observed} runs finished since training, {adaptive.missed} of them "
+                f"above their answer ({_percent(adaptive.target)}% promised; adaptive offset)")
+        out = []
+        for rec in recs:
+            memory = max(math.ceil(rec.memory_bytes * factor), self.min_memory_bytes_, math.ceil(self._oom_floor(rec.task or "")))
+            low = None if rec.interval is None else (min(rec.interval[0], memory), memory)
+            out.append(Recommendation._trusted(**{
+                **{k: getattr(rec, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
+                                                "model_version", "task", "cpus_exact", "keys_shown")},
+                "memory_bytes": memory, "basis": rec.basis + note, "interval": low,
+                "details": {**rec.details, "adaptive_factor": factor}}))
+        return out
 
     def update(self, frame: pd.DataFrame) -> "LearnedAdvisor":
         """Refresh history statistics and the fallback from ``frame``, everything known now,
         without refitting the models or the calibration. Cheap; call it between refits."""
         self._require_fitted()
         frame = frame.sort_values("end_time", kind="stable").reset_index(drop=True)
+        self._observe(frame)
         self.history_ = self.encoder_.history(frame)
         self._log = HistoryLog.of(self.encoder_, frame)
         self.fallback_.update(frame)
@@ -363,6 +419,7 @@ class LearnedAdvisor(BaseEstimator):
             raise RuntimeError("extend() needs the known history: call update(history) once after load()")
         if len(new) == 0:
             return self
+        self._observe(new)
         self.history_, self._log = self.encoder_.extend_history(self.history_, log, new)
         self.fallback_.extend(new)
         self._reset_caches()
@@ -467,6 +524,8 @@ class LearnedAdvisor(BaseEstimator):
         if cached is not None:
             return cached
         rec = self._answer([task], [features], [tag], target, coverage, single=True)[0]
+        if target in (None, "memory"):
+            rec = self._adapted([rec])[0]
         if key is not None:
             if len(self._single_cache) > 10_000:
                 self._single_cache.clear()
@@ -506,6 +565,8 @@ class LearnedAdvisor(BaseEstimator):
                 coverage,
                 single=False,
             )
+            if target in (None, "memory"):
+                recs = self._adapted(recs)
             for i, rec in zip(index, recs):
                 out[i] = rec
 
@@ -951,6 +1012,8 @@ class LearnedAdvisor(BaseEstimator):
             ),
             "trend": self.trend_.to_state() if getattr(self, "trend_", None) is not None else None,
             "trend_tasks": dict(getattr(self, "trend_tasks_", {})),
+            "adaptive": self.adaptive_.to_state() if getattr(self, "adaptive_", None) is not None else None,
+            "observed_until": float(getattr(self, "observed_until_", -math.inf)),
         }
         version_dir = store.save(name, payload, self.metadata(), training_digest=training_digest)
         self.model_version_ = version_dir.name
@@ -1011,6 +1074,10 @@ class LearnedAdvisor(BaseEstimator):
         trend = payload.get("trend")  # absent in models stored before input trends
         advisor.trend_ = InputTrend.from_state(trend) if trend is not None else None
         advisor.trend_tasks_ = dict(payload.get("trend_tasks") or {})
+        adaptive = payload.get("adaptive")  # absent in models stored before the adaptive level
+        advisor.adaptive_ = AdaptiveOffset.from_state(adaptive) if adaptive else AdaptiveOffset(1.0 - float(advisor.coverage))
+        trained_until = ((metadata.get("training") or {}).get("end_time_range") or [None, math.inf])[1]
+        advisor.observed_until_ = float(payload.get("observed_until", trained_until))
         advisor.quality_ = dict(metadata.get("quality") or {})
         advisor.training_ = dict(metadata.get("training") or {})
         advisor.model_version_ = version

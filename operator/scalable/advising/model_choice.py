@@ -4,14 +4,14 @@ The trees learn from every task at once and are calibrated on the latest runs, h
 time; a task that ran early in a workflow (alignment before deduplication, say) has no runs
 in that hold-out, so its upper bound is the width measured over *other* tasks, wide where
 they are erratic. The task's own line (:class:`~scalable.advising.trend.InputTrend`) is
-scaled by that task's own left-one-out errors. Neither is better everywhere, so each task
-is judged on its own runs:
+scaled by that task's own errors. Neither is better everywhere, so both are judged on the
+same runs, the time hold-out, each fitted without them (the trees on the earlier runs, the
+lines refitted on the earlier runs too, so the line is not credited with runs it has seen):
 
-* where the task has at least ``min_compared`` held-out runs on which both were measured
-  out of sample (the trees on the time hold-out, the line left-one-out), the one with the
-  smaller root-mean-square log error answers;
-* where it has fewer, the trees cannot show anything for this task, and the line, which is
-  measured on this task's own runs, answers.
+* a task with at least ``min_compared`` held-out runs goes to the one with the smaller
+  root-mean-square log error on them;
+* a task with fewer goes to the line: the trees' interval for it would be the width measured
+  over other tasks, the line's is measured on the task's own runs (left-one-out).
 
 A task whose line was fitted on fewer than ``min_history`` runs is never given to the line:
 that is the short-history path, with its own rule.
@@ -34,27 +34,26 @@ MIN_COMPARED = 5
 
 
 def _rms(values: np.ndarray) -> float:
-    return float(math.sqrt(float(np.mean(np.square(values)))))
+    return float(math.sqrt(float(np.mean(np.square(values))))) if len(values) else math.nan
 
 
 def trend_tasks(
     trend: InputTrend,
-    held_out_rows: np.ndarray,
     held_out_tasks: np.ndarray,
     model_errors: np.ndarray,
+    line_errors: np.ndarray,
     min_history: int,
     min_compared: int = MIN_COMPARED,
 ) -> dict[str, str]:
     """Tasks the line answers for, each with the reason in words (for a recommendation's basis).
 
-    ``held_out_rows`` are the frame rows the trees were calibrated on, ``held_out_tasks`` their
-    tasks and ``model_errors`` the trees' log errors there (observed minus predicted).
+    ``held_out_tasks`` are the tasks of the held-out runs, ``model_errors`` the trees' log errors
+    on them and ``line_errors`` the lines' (fitted on the earlier runs; NaN where a task had no
+    line then), both observed minus predicted.
     """
-    line_errors: pd.Series = getattr(trend, "row_errors_", pd.Series(dtype=float))
     held = pd.DataFrame({"task": np.asarray(held_out_tasks, dtype=object).astype(str),
-                         "model": np.asarray(model_errors, dtype=float)},
-                        index=np.asarray(held_out_rows, dtype=int))
-    held["line"] = line_errors.reindex(held.index).to_numpy(dtype=float) if len(line_errors) else np.nan
+                         "model": np.asarray(model_errors, dtype=float),
+                         "line": np.asarray(line_errors, dtype=float)})
     both = held[np.isfinite(held["model"]) & np.isfinite(held["line"])]
     compared: Mapping[str, pd.DataFrame] = dict(tuple(both.groupby("task", sort=False)))
     out: dict[str, str] = {}
@@ -64,8 +63,8 @@ def trend_tasks(
         rows = compared.get(task)
         if rows is None or len(rows) < min_compared:
             n = 0 if rows is None else len(rows)
-            out[task] = (f"chosen over the shared model, which has {n} held-out runs of this task to be judged on"
-                         f" (fewer than {min_compared})")
+            out[task] = (f"chosen over the shared model, which has {n} held-out runs of this task to be judged on "
+                         f"(fewer than {min_compared}) and only the width measured over other tasks")
             continue
         own, shared = _rms(rows["line"].to_numpy()), _rms(rows["model"].to_numpy())
         if own <= shared:

@@ -163,7 +163,6 @@ class InputTrend:
         names = tasks[order].astype(str)
         starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(order) else np.zeros(0, dtype=int)
         fits: dict[str, tuple[TaskTrend, np.ndarray]] = {}
-        error_rows, errors = [], []
         for start, end in zip(starts, np.r_[starts[1:], len(order)]):
             rows = order[start:end][-RECENT_RUNS:]
             if len(rows) < self.min_runs:
@@ -185,8 +184,6 @@ class InputTrend:
             sigma = float(np.sqrt((loo**2).sum() / len(rows))) if dof > 0 else float("nan")
             trend = TaskTrend(name, intercept, slope, len(rows), sigma, mean_u, suu, x_max, form)
             fits[str(names[start])] = (trend, loo)
-            error_rows.append(rows)
-            errors.append(loo)
         known = [t.sigma for t, _ in fits.values() if math.isfinite(t.sigma)]
         self.pooled_sigma_ = max(float(np.median(known)) if known else MIN_SIGMA, MIN_SIGMA)
         self.trends_: dict[str, TaskTrend] = {}
@@ -198,10 +195,6 @@ class InputTrend:
             scores.append(loo / trend.sigma)
             self.task_errors_[task] = np.sort(loo)
         self.scores_ = np.sort(np.concatenate(scores)) if scores else np.zeros(0)
-        #: row -> left-one-out log error of its task's line, for the rows the lines were fitted
-        #: on (fit-time only, not persisted: what the choice between line and trees is judged on)
-        self.row_errors_ = pd.Series(np.concatenate(errors) if errors else np.zeros(0),
-                                     index=np.concatenate(error_rows) if error_rows else np.zeros(0, dtype=int))
         return self
 
     def _shrunk(self, trend: TaskTrend) -> TaskTrend:
@@ -209,6 +202,22 @@ class InputTrend:
         own = trend.sigma if math.isfinite(trend.sigma) else self.pooled_sigma_
         variance = (dof * own**2 + SIGMA_PRIOR_WEIGHT * self.pooled_sigma_**2) / (dof + SIGMA_PRIOR_WEIGHT)
         return TaskTrend(**{**asdict(trend), "sigma": max(math.sqrt(variance), MIN_SIGMA)})
+
+    def predict_log(self, tasks: Sequence[str], inputs: pd.DataFrame) -> np.ndarray:
+        """Each row's log peak on its task's line (NaN for a task without one); ``inputs`` as in
+        :meth:`fit`, row-aligned with ``tasks``."""
+        tasks = np.asarray(tasks, dtype=object).astype(str)
+        out = np.full(len(tasks), np.nan)
+        columns = {str(c): pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float) for c in inputs.columns}
+        for task, rows in pd.Series(tasks).groupby(tasks, sort=False).indices.items():
+            trend = self.trends_.get(str(task))
+            if trend is None:
+                continue
+            values = columns.get(trend.feature) if trend.feature is not None else None
+            for i in rows:
+                x = values[i] if values is not None else math.nan
+                out[i] = trend.centre(x if math.isfinite(x) and x > 0 else None)
+        return out
 
     def _input(self, trend: TaskTrend, features: Mapping[str, Any]) -> float | None:
         return None if trend.feature is None else positive_number(features.get(trend.feature))

@@ -4,6 +4,7 @@ request as the ceiling of a short-history answer measured on other tasks."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from scalable.advising.learned_advisor import LearnedAdvisor
@@ -62,14 +63,23 @@ def test_the_trees_keep_a_task_where_they_were_better_on_its_held_out_runs():
     frame = _workflow()
     trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
                              np.log(frame["peak_memory_bytes"].to_numpy()))
-    rows = np.flatnonzero((frame["task"] == "report0").to_numpy())[-20:]
-    tasks = frame["task"].to_numpy(dtype=object)[rows]
-    line_errors = trend.row_errors_.reindex(rows).to_numpy()
-    better = trend_tasks(trend, rows, tasks, line_errors * 0.5, min_history=5)
-    worse = trend_tasks(trend, rows, tasks, line_errors * 2.0, min_history=5)
-    assert "report0" not in better
-    assert "report0" in worse and "20 held-out runs" in worse["report0"]
-    assert "align" in better and "0 held-out runs" in better["align"], "no evidence for the trees there"
+    tasks = np.array(["report0"] * 20 + ["report1"] * 20, dtype=object)
+    line_errors = np.random.default_rng(0).normal(0, 0.5, 40)
+    trees_better = np.r_[line_errors[:20] * 0.5, line_errors[20:] * 2.0]
+    chosen = trend_tasks(trend, tasks, trees_better, line_errors, min_history=5)
+    assert "report0" not in chosen
+    assert "report1" in chosen and "20 held-out runs of this task" in chosen["report1"]
+
+
+def test_a_task_without_held_out_runs_goes_to_its_line():
+    frame = _workflow()
+    trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
+                             np.log(frame["peak_memory_bytes"].to_numpy()))
+    tasks = np.array(["report0"] * 20, dtype=object)
+    line_errors = np.random.default_rng(0).normal(0, 0.5, 20)
+    trees_won = trend_tasks(trend, tasks, line_errors * 0.5, line_errors, min_history=5)
+    assert "report0" not in trees_won
+    assert "align" in trees_won and "0 held-out runs of this task" in trees_won["align"]
 
 
 def test_the_choice_survives_save_and_load(tmp_path):
@@ -112,3 +122,46 @@ def test_the_percentile_advisor_doubles_after_an_oom_kill_and_says_so():
     assert "OOM-killed at" in retry.basis and "doubled" in retry.basis
     assert advisor.recommend("align", failed_memory="1Ki").memory_bytes == plain.memory_bytes, \
         "a kill below the plain answer leaves it"
+
+
+def test_between_retrains_the_level_adapts_to_drift_and_keeps_the_promise():
+    """Runs that start needing 40% more than the history say so through the misses alone: the
+    adaptive level widens the answers until the miss rate comes back to what was promised."""
+    from scalable.advising.adaptive import AdaptiveOffset
+
+    rng = np.random.default_rng(5)
+    n = 300
+    history = _runs("sim", n, 1.7e9, 1e9 * rng.lognormal(0, 0.1, n), rng.uniform(1, 10, n))
+    advisor = LearnedAdvisor(coverage=0.9, min_memory="1Ki").fit(history)
+    before = advisor.recommend("sim", input_features={"size": 5.0}).memory_bytes
+    frame, missed = history, []
+    for block in range(40):
+        start = float(frame["end_time"].max()) + 60
+        drifted = _runs("sim", 20, start, 1.4e9 * rng.lognormal(0, 0.1, 20), rng.uniform(1, 10, 20))
+        recs = advisor.recommend_batch([{"task": "sim", "input_features": {"size": s}} for s in drifted["feature.size"]])
+        missed += (drifted["peak_memory_bytes"].to_numpy() > [r.memory_bytes for r in recs]).tolist()
+        frame = pd.concat([frame, drifted], ignore_index=True)
+        advisor.update(frame)
+    after = advisor.recommend("sim", input_features={"size": 5.0}).memory_bytes
+    assert after > 1.2 * before
+    late = np.mean(missed[-400:])
+    assert late < 0.2, f"miss rate {late:.2%} in the last 400 runs, 10% promised"
+    quality = advisor.quality["adaptive"]
+    assert quality["observed"] == 800 and quality["promised_miss_rate"] == pytest.approx(0.1)
+    assert "adaptive offset" in advisor.recommend("sim", input_features={"size": 5.0}).basis
+    offset = AdaptiveOffset(0.1)
+    offset.observe(np.r_[np.ones(1, bool), np.zeros(9, bool)])
+    assert offset.offset == pytest.approx(0.0), "one miss in ten at a 10% promise leaves it where it was"
+
+
+def test_the_adapted_level_survives_save_and_load(tmp_path):
+    rng = np.random.default_rng(6)
+    history = _runs("sim", 200, 1.7e9, 1e9 * rng.lognormal(0, 0.1, 200), rng.uniform(1, 10, 200))
+    advisor = LearnedAdvisor(coverage=0.9, min_memory="1Ki").fit(history)
+    more = _runs("sim", 50, float(history["end_time"].max()) + 60, 2e9 * rng.lognormal(0, 0.1, 50), rng.uniform(1, 10, 50))
+    advisor.update(pd.concat([history, more], ignore_index=True))
+    advisor.save(tmp_path)
+    loaded = LearnedAdvisor.load(tmp_path)
+    assert loaded.adaptive_.offset == pytest.approx(advisor.adaptive_.offset) and loaded.adaptive_.observed == 50
+    assert loaded.recommend("sim", input_features={"size": 5.0}).memory_bytes == \
+        advisor.recommend("sim", input_features={"size": 5.0}).memory_bytes
