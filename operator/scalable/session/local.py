@@ -18,12 +18,16 @@ from distributed import Client, LocalCluster, Nanny
 from scalable.session.manifest import Manifest, resource_name
 from scalable.session.queue import retire_idle
 
-__all__ = ["LocalTarget", "TAG_RESOURCE_AMOUNT"]
+__all__ = ["LocalTarget", "TAG_RESOURCE_AMOUNT", "WorkerStartError"]
 
 logger = logging.getLogger(__name__)
 
 #: a group's resource amount per worker: large, so that the resource never limits concurrency
 TAG_RESOURCE_AMOUNT = 1_000_000
+
+
+class WorkerStartError(RuntimeError):
+    """The local cluster's first workers could not be started."""
 
 
 class LocalTarget:
@@ -45,9 +49,33 @@ class LocalTarget:
             dashboard_address=None,
             silence_logs=self.silence_logs,
         )
+        initial = {}
         for group in self.manifest.worker_groups:
-            self.scale_up(group.tag, group.workers.min)
+            initial.update({name: self._spec(group.tag) for name in self._new_names(group.tag, group.workers.min)})
+        if initial:
+            self._start_initial(initial)
         return Client(self.cluster)
+
+    def _start_initial(self, specs: dict[str, Any]) -> None:
+        """Start the groups' minimum workers and wait for them, so that a worker process that
+        cannot start fails ``start()`` here instead of leaving ``gather`` waiting forever."""
+        assert self.cluster is not None
+        cluster = self.cluster
+
+        async def correct() -> None:
+            cluster.worker_spec.update(specs)
+            await cluster._correct_state()
+
+        try:
+            cluster.sync(correct)
+        except Exception as exc:
+            self.close()
+            raise WorkerStartError(
+                f"the local cluster's first workers did not start ({exc}). If this is a script, the "
+                "usual cause is a missing main guard: Dask's worker processes import the script again, "
+                "so the code that starts the session must be under `if __name__ == \"__main__\":` "
+                "(see the error the worker printed above)"
+            ) from exc
 
     def _spec(self, tag: str) -> dict[str, Any]:
         group = self.manifest.group(tag)
@@ -60,6 +88,14 @@ class LocalTarget:
         )
         return {"cls": Nanny, "options": options}
 
+    def _new_names(self, tag: str, count: int) -> list[str]:
+        with self._lock:
+            names = []
+            for _ in range(count):
+                self._counter += 1
+                names.append(f"{tag}-{self._counter}")
+        return names
+
     def workers(self, tag: str) -> list[str]:
         """Names of the group's workers the cluster has or is starting."""
         assert self.cluster is not None
@@ -71,11 +107,7 @@ class LocalTarget:
         assert self.cluster is not None
         if count <= 0:
             return []
-        with self._lock:
-            names = []
-            for _ in range(count):
-                self._counter += 1
-                names.append(f"{tag}-{self._counter}")
+        names = self._new_names(tag, count)
         specs = {name: self._spec(tag) for name in names}
 
         def apply() -> None:

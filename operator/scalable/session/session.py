@@ -39,6 +39,7 @@ from distributed import Client, Future
 from scalable.scaling.decision import ScalingDecision
 from scalable.scaling.history import ScalingHistory
 from scalable.scaling.scaler import AdaptiveScaler
+from scalable.session.guard import refuse_if_reimported
 from scalable.session.manifest import Manifest, load_manifest, resource_name
 from scalable.session.queue import queue_state
 from scalable.session.telemetry_push import PushTarget, push_run, resolve_push_target
@@ -229,6 +230,7 @@ class ScalableSession:
 
     def start(self) -> ScalableClient:
         """Start the cluster, the telemetry run and the scaler; return the client."""
+        refuse_if_reimported()
         if self.client is not None:
             return self.client
         scaling = self.manifest.scaling
