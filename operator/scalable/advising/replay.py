@@ -46,6 +46,7 @@ __all__ = [
     "slack_at_rate",
     "interpolate_at_rate",
     "tradeoff_curve",
+    "margin_sweep",
     "best_percentile_at_rate",
     "requested_baseline",
     "last_jobs_mean",
@@ -180,11 +181,32 @@ def slack_at_rate(recommended: Any, used: Any, rate: float) -> dict[str, float]:
     }
 
 
+def margin_sweep(recommended: Any, used: Any, *, max_rate: float = 0.2, include: Iterable[float] = (),
+                 points: int = 161, pad: float = 1.25) -> np.ndarray:
+    """Margins for a trade-off curve, derived from the data rather than fixed.
+
+    Geometric from the margin that reaches ``max_rate`` under-provisioning to the one that
+    reaches none (each widened by ``pad``), always spanning margin 1 (as answered) and every
+    margin in ``include`` (e.g. the ones a table reports), which are also swept exactly. An
+    advisor that over-asks tenfold needs margins near 0.1, one that under-asks needs more than
+    1: a fixed range would leave its curve off the plot.
+    """
+    rec, obs = _clean(recommended, used)
+    needed = [1.0, *[float(m) for m in include]]
+    if rec.size:
+        needed += [margin_for_rate(rec, obs, min(max_rate, 1 - 1e-9)), margin_for_rate(rec, obs, 0.0)]
+    needed = [m for m in needed if math.isfinite(m) and m > 0]
+    low, high = min(needed) / pad, max(needed) * pad
+    extra = [m for m in include if math.isfinite(m) and m > 0]
+    return np.unique(np.concatenate([np.geomspace(low, high, points), np.asarray(extra, dtype=float)]))
+
+
 def tradeoff_curve(recommended: Any, used: Any, margins: Iterable[float] | None = None) -> pd.DataFrame:
-    """Under-provision rate and slack for a sweep of multiplicative margins (for plots)."""
+    """Under-provision rate and slack for a sweep of multiplicative margins (for plots);
+    by default the sweep :func:`margin_sweep` derives from the data."""
     rec, obs = _clean(recommended, used)
     if margins is None:
-        margins = np.geomspace(0.25, 8.0, 161)
+        margins = margin_sweep(rec, obs)
     rows = []
     for m in margins:
         scaled = rec * m
@@ -639,7 +661,9 @@ def summarize_memory(result: ReplayResult, advisors: Sequence[str],
     truth = result.truth
     out: dict[str, Any] = {"n_scored": int(truth.notna().sum()), "rates": list(rates), "advisors": {}}
     for name in advisors:
-        rec = result.scored[name]
+        # a replay in which no block had history yet has no answers at all (not an error here:
+        # n_scored says so, and every score is NaN)
+        rec = result.scored[name] if name in result.scored.columns else pd.Series(np.nan, index=truth.index)
         entry: dict[str, Any] = {"as_is": score_memory(rec, truth)}
         entry["at_rate"] = {f"{r:g}": slack_at_rate(rec, truth, r) for r in rates}
         method_col = f"{name}:method"

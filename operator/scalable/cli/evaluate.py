@@ -59,15 +59,32 @@ def run_evaluation(frame, *, model_type: str, coverage: float, score_fraction: f
     return result, summary
 
 
-def _plot(result, summary: dict[str, Any], path: Path) -> Path:
-    from scalable.advising.plots import plot_tradeoff
-    from scalable.advising.replay import requested_baseline, tradeoff_curve
+def _curves(result, summary: dict[str, Any]) -> dict[str, Any]:
+    """The trade-off curve of each advisor the table reports, swept over margins derived from
+    what the table needs (every margin it reports lies on its curve)."""
+    from scalable.advising.replay import margin_sweep, tradeoff_curve
 
     truth = result.truth
-    curves = {name: tradeoff_curve(result.scored[name], truth) for name in summary["advisors"]}
+    max_rate = max([0.2, *summary["rates"]])
+
+    def curve(column: str, margins: list[float]):
+        rec = result.scored[column]
+        return tradeoff_curve(rec, truth, margins=margin_sweep(rec, truth, max_rate=max_rate, include=margins))
+
+    curves = {name: curve(name, [e["margin"] for e in entry["at_rate"].values()])
+              for name, entry in summary["advisors"].items()}
     best = (summary.get("best_percentile") or {}).get("0.02")
     if best and best.get("variant"):
-        curves[f"percentile ({best['variant']})"] = tradeoff_curve(result.scored[best["variant"]], truth)
+        margins = [e["margin"] for e in summary["best_percentile"].values() if e.get("variant") == best["variant"]]
+        curves[f"percentile ({best['variant']})"] = curve(best["variant"], margins)
+    return curves
+
+
+def _plot(result, summary: dict[str, Any], path: Path) -> Path:
+    from scalable.advising.plots import plot_tradeoff
+    from scalable.advising.replay import requested_baseline
+
+    curves = _curves(result, summary)
     points = {name: (e["as_is"]["under_provision_rate"], e["as_is"]["slack"])
               for name, e in summary["advisors"].items()}
     requested = requested_baseline(result)
@@ -175,7 +192,10 @@ def evaluate(
                                          score_fraction=score_fraction, block_size=block_size,
                                          refit_every=refit_every, progress=progress)
     if summary["n_scored"] == 0:
-        raise fail(f"no job in the later part of {runs_dir} could be scored: history is too short")
+        raise fail(f"{runs_dir} is too short a history to evaluate: none of its {len(frame)} jobs was submitted "
+                   "after an earlier job had finished (a replay answers each job only from jobs that ended "
+                   "before it was submitted, and one session submits its tasks at once); record more runs "
+                   "and evaluate again")
     plot_path = _plot(result, summary, plot)
     summary["plot"] = str(plot_path)
     summary["coverage"] = coverage
