@@ -61,10 +61,11 @@ def _operator_pod(kubeconfig, namespace, timeout=180.0):
 RELEASE = "scalable-operator"
 
 
-def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_size: str | None = None) -> tuple[str, Path]:
+def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_size: str | None = None,
+             extra_values: dict | None = None) -> tuple[str, Path]:
     """A local PersistentVolume at volume_dir (on a tmpfs of tmpfs_size, if given) and the
-    chart installed into the test's namespace with the operator image; returns the PV's name
-    and the values file."""
+    chart installed into the test's namespace with the operator image (and extra_values);
+    returns the PV's name and the values file."""
     volume_dir.mkdir(parents=True)
     if tmpfs_size:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size},mode=0755", "tmpfs", str(volume_dir)], check=True)
@@ -76,6 +77,7 @@ def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_si
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [namespace],
         "telemetry": {"persistence": {"storageClass": STORAGE_CLASS, "size": "1Gi"}},
+        **(extra_values or {}),
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))

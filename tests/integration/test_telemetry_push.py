@@ -280,3 +280,30 @@ async def test_a_session_pushes_its_run_at_close_and_a_later_one_delivers_what_w
         info = json.loads((telemetry / namespace / "runs" / second / "run.json").read_text())
         assert info["workflow"] == "wf" and info["source"] == "scalable" and info["labels"]["target"] == "local"
     assert not spool.pending()
+
+
+@pytest.mark.slow
+async def test_push_throughput_of_many_runs_through_the_cli(kube_api, namespace, tmp_path):
+    """Figures for the report: 100 runs x 500 task records pushed by `scalable telemetry push`
+    (the real CLI, a subprocess) to the in-process operator on loopback; then the same again,
+    which stores nothing new."""
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", scaling={"mode": "Off"}))
+    token_file = await _client_token(kube_api, namespace, tmp_path)
+    runs_dir = tmp_path / "client" / "runs"
+    ids = _write_runs(runs_dir, runs=100, tasks=500)
+    telemetry = tmp_path / "telemetry"
+    async with running_operator(operator_options(namespace, telemetry), wait_leading=False) as op:
+        args = _push_args(runs_dir, op.ingest_url, namespace, token_file, tmp_path / "spool", "--json")
+        started = time.monotonic()
+        done = await asyncio.to_thread(_cli, *args, timeout=600)
+        first_s = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        first = json.loads(done.stdout)
+        assert (first["accepted"], first["batches_sent"], first["remaining"]) == (50_000, 100, 0)
+        started = time.monotonic()
+        done = await asyncio.to_thread(_cli, *args, timeout=600)
+        replay_s = time.monotonic() - started
+        assert done.returncode == 0 and json.loads(done.stdout)["duplicates"] == 50_000, done.stderr
+    assert _stored(telemetry, namespace) == {run_id: 500 for run_id in ids}
+    print(f"\npush: 50000 records of 100 runs in {first_s:.2f} s wall ({50_000 / first_s:.0f} records/s, drain "
+          f"{first['seconds']:.2f} s); replay {replay_s:.2f} s wall, 0 new")

@@ -108,3 +108,24 @@ def test_spooling_the_same_run_twice_adds_nothing_and_destinations_stay_apart(tm
     body = json.loads(spool.pending()[0].read_bytes())
     assert len(body["records"]) == 5 and body["run"]["run_id"] == "r1"
     assert json.loads((spool.dir / "destination.json").read_text()) == {"url": "https://op:8081", "workflow": "ns/wf"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workflow", "ns/wf"], "give --url"),
+    (["--url", "http://127.0.0.1:1", "--workflow", "wf"], "expected NAMESPACE/NAME"),
+    (["--url", "http://198.18.0.9:8081", "--workflow", "ns/wf", "--token-file", "TOKEN"], "refusing to send"),
+    (["--url", "https://198.18.0.9:8081", "--workflow", "ns/wf", "--ca-file", "missing.crt"], "--ca-file missing.crt"),
+    (["--url", "http://127.0.0.1:1", "--workflow", "ns/wf", "--run", "nope"], "no such run"),
+])
+def test_cli_push_refuses_a_wrong_invocation_in_one_line(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from scalable.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("SCALABLE_TELEMETRY_URL", "SCALABLE_TELEMETRY_WORKFLOW", "SCALABLE_TELEMETRY_TOKEN", "SCALABLE_TELEMETRY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    _run(tmp_path, 1)
+    (tmp_path / "TOKEN").write_text("t")
+    result = CliRunner().invoke(app, ["telemetry", "push", "--runs-dir", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
