@@ -4,6 +4,11 @@ Memory goes into pod specs, so what we print is always a Kubernetes quantity wit
 suffix ("16Gi"). What we accept is anything a person or a scheduler writes: "16G", "16GB",
 "16Gi", "16GiB", "500Mi", "1.5Gi", plain bytes as int or str, and the lower-case "k".
 Decimal suffixes are powers of 1000 (as in Kubernetes), binary ones powers of 1024.
+
+This is the parser of what people write (scalable.yaml, the CLI, the Python API). Values read
+from Kubernetes objects (any ``resource.Quantity``, such as the VPA's ``1288490188800m``) are
+parsed by the Kubernetes client's own parser in :mod:`scalable.controller.quantities`; this
+module is the library core and never imports the Kubernetes client.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ def parse_memory(value: str | int | float) -> int:
         multiplier = Decimal(1024) ** _BINARY[unit]
     elif unit in _DECIMAL:
         multiplier = Decimal(1000) ** _DECIMAL[unit]
+    elif unit == "m":
+        # what Kubernetes reads as thousandths of a byte, a person usually means as megabytes
+        raise QuantityError(
+            f"ambiguous memory {value!r}: 'm' is a thousandth of a byte in Kubernetes; write "
+            f"{number_text}M or {number_text}Mi for megabytes"
+        )
     else:
         raise QuantityError(
             f"unknown memory suffix {suffix!r} in {value!r}: use one of "

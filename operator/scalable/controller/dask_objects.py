@@ -27,7 +27,7 @@ from typing import Any
 from scalable.controller.kube import KubeClient
 from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
 from scalable.controller.timestamps import parse_time, precise_time
-from scalable.units import QuantityError, parse_cpu, parse_memory
+from scalable.controller.quantities import QuantityError, parse_cpu, parse_memory
 
 __all__ = [
     "ANNOTATION_LAST_SCALE",

@@ -6,7 +6,13 @@ verbs on one named object. kopf itself runs with ``standalone=True`` (its peerin
 only started once this replica holds the Lease.
 
 Protocol (client-go's): the holder renews ``renewTime`` every ``renew_s``; another replica may
-take the Lease once ``renewTime + leaseDurationSeconds`` is in the past. Every write is a
+take the Lease once it has seen the Lease record unchanged for ``leaseDurationSeconds`` of its
+*own* monotonic clock. Like client-go, it never compares the holder's ``renewTime`` with its
+own wall clock: replicas' clocks may disagree by more than a lease (a holder whose clock runs
+behind would look expired to everyone, one whose clock runs ahead would never expire), while
+"the record has not changed for a lease duration, as I measured it" is true whatever the
+clocks say. A replica that starts beside an existing Lease therefore waits one lease duration
+before taking it, unless the holder released it (empty holder). Every write is a
 replace with the ``resourceVersion`` that was read, so of two replicas racing for an expired
 Lease exactly one wins (the other gets 409). A leader that cannot renew within the lease
 duration stops acting before anyone else can take over (it stops at ``lease - renew``).
@@ -20,7 +26,7 @@ import time
 from typing import Any
 
 from scalable.controller.kube import Conflict, KubeClient, KubeError
-from scalable.controller.timestamps import parse_time, precise_time
+from scalable.controller.timestamps import precise_time
 
 __all__ = ["LeaderElector"]
 
@@ -39,6 +45,21 @@ class LeaderElector:
         self.retry_s = retry_s
         self.leading = False
         self.last_renew = 0.0
+        #: the Lease's spec as last read, and when (time.monotonic()) this replica saw it change
+        self.observed: dict[str, Any] | None = None
+        self.observed_at = 0.0
+
+    def _observe(self, spec: dict[str, Any], now_monotonic: float) -> None:
+        if spec != self.observed:
+            self.observed, self.observed_at = dict(spec), now_monotonic
+
+    def expired(self, spec: dict[str, Any], now_monotonic: float) -> bool:
+        """Whether the Lease (as just read, after :meth:`_observe`) may be taken: no holder, or
+        a record unchanged for its lease duration by this replica's monotonic clock."""
+        if not spec.get("holderIdentity"):
+            return True
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_s)
+        return now_monotonic - self.observed_at >= duration
 
     def _body(self, existing: dict[str, Any] | None, now: float, transitions: int, acquire_time: str) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
@@ -52,30 +73,35 @@ class LeaderElector:
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True if this replica holds it afterwards."""
-        now = time.time()
+        now = time.time()  # only written, as renewTime, for people reading the Lease
         lease = await self.kube.get("Lease", self.namespace, self.name)
+        seen = time.monotonic()
         try:
             if lease is None:
-                await self.kube.create("Lease", self.namespace, self._body(None, now, 0, precise_time(now)))
-                self.last_renew = time.monotonic()
+                body = self._body(None, now, 0, precise_time(now))
+                await self.kube.create("Lease", self.namespace, body)
+                self._wrote(body)
                 return True
             spec = lease.get("spec") or {}
-            holder = spec.get("holderIdentity")
-            renewed = parse_time(spec.get("renewTime")) or 0.0
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_s)
+            self._observe(spec, seen)
             transitions = int(spec.get("leaseTransitions") or 0)
-            if holder == self.identity:
-                await self.kube.replace("Lease", self.namespace, self.name,
-                                        self._body(lease, now, transitions, spec.get("acquireTime") or precise_time(now)))
-                self.last_renew = time.monotonic()
+            if spec.get("holderIdentity") == self.identity:
+                body = self._body(lease, now, transitions, spec.get("acquireTime") or precise_time(now))
+                await self.kube.replace("Lease", self.namespace, self.name, body)
+                self._wrote(body)
                 return True
-            if holder and renewed + duration > now:
+            if not self.expired(spec, seen):
                 return False
-            await self.kube.replace("Lease", self.namespace, self.name, self._body(lease, now, transitions + 1, precise_time(now)))
-            self.last_renew = time.monotonic()
+            body = self._body(lease, now, transitions + 1, precise_time(now))
+            await self.kube.replace("Lease", self.namespace, self.name, body)
+            self._wrote(body)
             return True
         except Conflict:
             return False
+
+    def _wrote(self, body: dict[str, Any]) -> None:
+        self.last_renew = time.monotonic()
+        self.observed, self.observed_at = dict(body["spec"]), self.last_renew
 
     async def acquire(self, stop: asyncio.Event | None = None) -> bool:
         """Wait until this replica leads (True) or ``stop`` is set (False)."""

@@ -9,12 +9,12 @@ Kubernetes users expect; cross-field rules the API server enforces are declared 
 from __future__ import annotations
 
 import enum
-from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scalable.advising import defaults as advisor_defaults
+from scalable.controller.quantities import quantity
 from scalable.scaling.config import DEFAULTS as SCALER_DEFAULTS
 from scalable.scaling.config import ScalerConfig
 
@@ -37,16 +37,6 @@ Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(s|m|h))+$", max_le
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
-
-
-_SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def _quantity(text: str) -> Decimal:
-    """A Quantity (already matched by its pattern) as an exact number, as CEL's quantity() compares."""
-    number = text.rstrip("kKMGTPEim")
-    return Decimal(number) * _SUFFIX[text[len(number):]]
 
 
 # --- shared -----------------------------------------------------------------------------
@@ -205,7 +195,7 @@ class WorkerGroup(_Spec):
         low, high = self.resourcePolicy.minAllowed, self.resourcePolicy.maxAllowed
         for field in ("memory", "cpu"):
             a, b = getattr(low, field), getattr(high, field)
-            if a is not None and b is not None and _quantity(a) > _quantity(b):
+            if a is not None and b is not None and quantity(a) > quantity(b):
                 raise ValueError(f"resourcePolicy.minAllowed.{field} must be <= maxAllowed.{field}")
         return self
 

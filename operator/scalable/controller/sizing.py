@@ -35,7 +35,8 @@ from scalable.controller.dask_objects import (
     find_container,
     worker_pod_spec,
 )
-from scalable.units import MiB, QuantityError, exact_memory, format_cpu, format_memory, parse_cpu, parse_memory, resources_block
+from scalable.controller.quantities import QuantityError, parse_cpu, parse_memory
+from scalable.units import MiB, exact_memory, format_cpu, format_memory, resources_block
 
 __all__ = [
     "MIN_CPU",

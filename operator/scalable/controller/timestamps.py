@@ -12,15 +12,18 @@ __all__ = ["parse_time", "precise_time"]
 
 
 def parse_time(text: str | None) -> float | None:
-    """Epoch seconds of an RFC 3339 UTC time, with or without fractional seconds."""
+    """Epoch seconds of an RFC 3339 time (``Z`` or any offset, any number of fractional digits:
+    nanoseconds are cut to microseconds); None when absent or not a time. A time without an
+    offset is read as UTC, as the API server means it."""
     if not text:
         return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return _dt.datetime.strptime(text, fmt).replace(tzinfo=_dt.timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
+    try:
+        parsed = _dt.datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+    return parsed.timestamp()
 
 
 def precise_time(now: float) -> str:
