@@ -45,6 +45,7 @@ from scalable.advising.model_choice import trend_tasks
 from scalable.advising.recommendation import Recommendation, after_oom_kill
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.advising.trend import InputTrend, TaskTrend, positive_number
+from scalable.advising.arguments import check_coverage, existing_runs_dir
 from scalable.units import format_memory, parse_memory
 
 __all__ = ["LearnedAdvisor", "MODEL_TYPES"]
@@ -189,7 +190,7 @@ class LearnedAdvisor(BaseEstimator):
         _check_model_type(model_type)
         from scalable.telemetry.loader import load_tasks
 
-        return cls(model_type=model_type, coverage=coverage, **params).fit(load_tasks(runs_dir).frame)
+        return cls(model_type=model_type, coverage=coverage, **params).fit(load_tasks(existing_runs_dir(runs_dir)).frame)
 
     def _fallback_advisor(self) -> ResourceAdvisor:
         params = {"min_memory": self.min_memory, "use_tag_history": True, **dict(self.fallback_params or {})}
@@ -202,8 +203,7 @@ class LearnedAdvisor(BaseEstimator):
         ``progress``, if given, is called with a short description of each stage.
         """
         _check_model_type(self.model_type)
-        if not 0.0 < float(self.coverage) < 1.0:
-            raise ValueError(f"coverage must be in (0, 1), not {self.coverage!r}")
+        check_coverage(self.coverage)
         if not 0.0 < float(self.calibration_fraction) < 1.0:
             raise ValueError("calibration_fraction must be in (0, 1)")
         started = time.perf_counter()
@@ -571,10 +571,7 @@ class LearnedAdvisor(BaseEstimator):
                 out[i] = rec
 
     def _coverage(self, coverage: float | None) -> float:
-        value = self.coverage if coverage is None else float(coverage)
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"coverage must be in (0, 1), not {coverage!r}")
-        return value
+        return check_coverage(self.coverage if coverage is None else coverage)
 
     def _answer(
         self,

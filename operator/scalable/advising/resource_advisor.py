@@ -27,6 +27,7 @@ from scalable.advising.estimators import (
     oom_floor,
 )
 from scalable.advising.recommendation import Recommendation, after_oom_kill
+from scalable.advising.arguments import check_coverage, existing_runs_dir
 from scalable.units import format_memory, parse_cpu, parse_memory
 
 __all__ = ["ResourceAdvisor", "TARGETS", "USAGE_STATES", "usage_columns"]
@@ -117,7 +118,7 @@ class ResourceAdvisor(BaseEstimator):
         """Fit on every task observation under ``runs_dir`` (default ``./.scalable/runs``)."""
         from scalable.telemetry.loader import load_tasks
 
-        return cls(**params).fit(load_tasks(runs_dir).frame)
+        return cls(**params).fit(load_tasks(existing_runs_dir(runs_dir)).frame)
 
     def fit(self, frame: pd.DataFrame, y: Any = None) -> "ResourceAdvisor":
         """Collect, per task (and per tag), the observed usage of every run in ``frame``."""
@@ -202,8 +203,7 @@ class ResourceAdvisor(BaseEstimator):
         return out
 
     def _check_params(self) -> None:
-        if not 0.0 < float(self.coverage) <= 1.0:
-            raise ValueError(f"coverage must be in (0, 1], not {self.coverage!r}")
+        check_coverage(self.coverage)
         self.min_memory_bytes_ = parse_memory(self.min_memory)
         self.min_cpus_ = parse_cpu(self.min_cpus)
         self.default_memory_bytes_ = parse_memory(self.default_memory)
@@ -229,8 +229,7 @@ class ResourceAdvisor(BaseEstimator):
     def _recommend(self, task: str, target: str | None, coverage: float, tag: str | None = None) -> Recommendation:
         if not hasattr(self, "tasks_"):
             raise RuntimeError("this ResourceAdvisor is not fitted yet: call fit(frame) or from_history()")
-        if not 0.0 < coverage <= 1.0:
-            raise ValueError(f"coverage must be in (0, 1], not {coverage!r}")
+        check_coverage(coverage)
         sources = self._sources(task, tag)
 
         def first(recorded: Callable[[_TaskHistory], Any]) -> tuple[_TaskHistory | None, str, str]:

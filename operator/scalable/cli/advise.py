@@ -16,9 +16,7 @@ from typing import Any, Optional
 import typer
 
 from scalable.cli.errors import fail
-
-MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
-FORMATS = ("text", "json")
+from scalable.cli.options import ModelType, OutputFormat, coverage_value, format_option, runs_dir_value
 
 
 def parse_input(items: list[str]) -> dict[str, Any]:
@@ -45,13 +43,6 @@ def _number_or_text(value: str) -> Any:
     return number if math.isfinite(number) else value
 
 
-def _check_common(model_type: str, coverage: float, output: str) -> None:
-    if output not in FORMATS:
-        raise fail(f"--format must be text or json, got {output!r}")
-    if model_type not in MODEL_TYPES:
-        raise fail(f"unknown model type {model_type!r}: choose one of {', '.join(MODEL_TYPES)}")
-    if not 0.0 < coverage < 1.0:
-        raise fail(f"--coverage must be between 0 and 1 (e.g. 0.95), got {coverage:g}")
 
 
 def _runs_dir(runs_dir: Optional[Path]) -> Path:
@@ -65,8 +56,7 @@ def _load_frame(runs_dir: Path):
 
     from scalable.telemetry.loader import load_tasks
 
-    if not runs_dir.is_dir():
-        raise fail(f"no runs directory at {runs_dir} (record runs first, or pass --runs-dir)")
+    runs_dir = runs_dir_value(runs_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = load_tasks(runs_dir)
@@ -82,15 +72,15 @@ def register(app: typer.Typer) -> None:
         input: list[str] = typer.Option([], "--input", "-i", help="an input feature as key=value (repeatable)"),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="telemetry runs (default ./.scalable/runs)"),
         model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="use a stored model instead of training"),
-        model_type: str = typer.Option("gradient_boosting", "--model-type", help=", ".join(MODEL_TYPES)),
+        model_type: ModelType = typer.Option(ModelType.gradient_boosting, "--model-type", help="LearnedAdvisor model"),
         coverage: float = typer.Option(0.95, "--coverage", help="share of future runs the memory must fit"),
         advisor: str = typer.Option("learned", "--advisor", help="learned or percentile"),
-        output: str = typer.Option("text", "--format", "-f", help="text or json"),
+        output: OutputFormat = format_option(),
         failed_memory: Optional[str] = typer.Option(
             None, "--failed-memory", help="the last attempt was OOM-killed at this memory (e.g. 4Gi): size the retry"),
     ) -> None:
         """Recommend cpus and memory for the next run of a task."""
-        _check_common(model_type, coverage, output)
+        coverage = coverage_value(coverage)
         if advisor not in ("learned", "percentile"):
             raise fail(f"--advisor must be learned or percentile, got {advisor!r}")
         if failed_memory is not None:
@@ -103,9 +93,9 @@ def register(app: typer.Typer) -> None:
             except QuantityError as exc:
                 raise fail(f"--failed-memory: {exc}") from None
         features = parse_input(input)
-        rec = _recommend(task, features, _runs_dir(runs_dir), runs_dir is not None, model_dir, model_type,
+        rec = _recommend(task, features, _runs_dir(runs_dir), runs_dir is not None, model_dir, model_type.value,
                          coverage, advisor, failed_memory)
-        if output == "json":
+        if output is OutputFormat.json:
             typer.echo(json.dumps(rec.as_dict(), indent=2, sort_keys=True))
             return
         _print_recommendation(rec, features)
@@ -114,13 +104,14 @@ def register(app: typer.Typer) -> None:
     def train(
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="telemetry runs (default ./.scalable/runs)"),
         model_dir: Path = typer.Option(..., "--model-dir", help="model store root; a new version is added"),
-        model_type: str = typer.Option("gradient_boosting", "--model-type", help=", ".join(MODEL_TYPES)),
+        model_type: ModelType = typer.Option(ModelType.gradient_boosting, "--model-type", help="LearnedAdvisor model"),
         coverage: float = typer.Option(0.95, "--coverage", help="share of future runs the memory must fit"),
         name: str = typer.Option("default", "--name", help="model name in the store"),
-        output: str = typer.Option("text", "--format", "-f", help="text or json"),
+        output: OutputFormat = format_option(),
     ) -> None:
         """Train a LearnedAdvisor on the runs directory and store it as a new version."""
-        _check_common(model_type, coverage, output)
+        coverage = coverage_value(coverage)
+        model_type = model_type.value
         from rich.console import Console
 
         from scalable.advising.learned_advisor import LearnedAdvisor
@@ -141,7 +132,7 @@ def register(app: typer.Typer) -> None:
             except (ModelStoreError, OSError) as exc:
                 raise fail(f"cannot store the model in {model_dir}: {exc}", code=1)
         summary = {"version": version_dir.name, "path": str(version_dir), **advisor.metadata()}
-        if output == "json":
+        if output is OutputFormat.json:
             typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
             return
         _print_training(summary, advisor.ready)

@@ -17,8 +17,7 @@ from typing import Any, Optional
 import typer
 
 from scalable.cli.errors import fail
-
-MODEL_TYPES = ("gradient_boosting", "random_forest", "quantile_regression")
+from scalable.cli.options import ModelType, OutputFormat, coverage_value, format_option, runs_dir_value
 
 
 def _pct(value: Any) -> str:
@@ -143,34 +142,25 @@ def _print_table(summary: dict[str, Any], runs_dir: Path, coverage: float) -> No
 def evaluate(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="telemetry runs directory "
                                             "(default $SCALABLE_RUNS_DIR or ./.scalable/runs)"),
-    model_type: str = typer.Option("gradient_boosting", "--model-type",
-                                   help="LearnedAdvisor model: " + ", ".join(MODEL_TYPES)),
+    model_type: ModelType = typer.Option(ModelType.gradient_boosting, "--model-type", help="LearnedAdvisor model"),
     coverage: float = typer.Option(0.95, "--coverage", help="memory coverage target of both advisors"),
     plot: Path = typer.Option(Path("scalable-evaluate.png"), "--plot", help="where to write the trade-off PNG"),
-    output_format: str = typer.Option("text", "--format", help="text or json"),
+    output_format: OutputFormat = format_option(),
     score_fraction: float = typer.Option(0.5, "--score-fraction", help="later fraction of jobs that is scored"),
     block_size: int = typer.Option(200, "--block-size", help="jobs answered per knowledge cutoff"),
     refit_every: int = typer.Option(5000, "--refit-every", help="scored jobs between refits"),
 ) -> None:
     """Replay history in time order and score the advisors' memory advice."""
-    if output_format not in ("text", "json"):
-        raise fail(f"--format must be text or json, not {output_format!r}")
-    if model_type not in MODEL_TYPES:
-        raise fail(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
-    if not 0 < coverage < 1:
-        raise fail(f"--coverage must be between 0 and 1 (exclusive), not {coverage:g}")
+    model_type = model_type.value
+    coverage = coverage_value(coverage)
     if not 0 < score_fraction < 1:
         raise fail(f"--score-fraction must be between 0 and 1 (exclusive), not {score_fraction:g}")
     if block_size < 1 or refit_every < 1:
         raise fail("--block-size and --refit-every must be at least 1")
 
     from scalable.telemetry.loader import load_tasks
-    from scalable.telemetry.store import default_runs_dir
 
-    runs_dir = runs_dir if runs_dir is not None else default_runs_dir()
-    if not runs_dir.is_dir():
-        raise fail(f"runs directory {str(runs_dir)!r} does not exist (record or import telemetry first: "
-                   "scalable telemetry import --format swf FILE --runs-dir DIR)")
+    runs_dir = runs_dir_value(runs_dir)
     frame = load_tasks(runs_dir).frame
     if frame.empty or "peak_memory_bytes" not in frame.columns or frame["peak_memory_bytes"].notna().sum() < 4:
         raise fail(f"{runs_dir} holds too few task records with observed peak memory to evaluate "
@@ -200,7 +190,7 @@ def evaluate(
     summary["plot"] = str(plot_path)
     summary["coverage"] = coverage
     summary["model_type"] = model_type
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         typer.echo(json.dumps(_finite(summary), indent=2))
     else:
         _print_table(summary, runs_dir, coverage)

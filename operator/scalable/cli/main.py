@@ -15,7 +15,7 @@ app = typer.Typer(
     name="scalable",
     help="Size and scale Dask workflows from their own telemetry.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

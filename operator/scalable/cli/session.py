@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from scalable.cli.errors import fail
+from scalable.cli.options import OutputFormat, format_option, runs_dir_value
 from scalable.scaling.config import DEFAULTS
 
 session_app = typer.Typer(help="Check scalable.yaml and try the scaler.", no_args_is_help=True)
@@ -70,18 +71,19 @@ def decide(
     scale_down_threshold: float = typer.Option(DEFAULTS.scale_down_threshold),
     task: Optional[str] = typer.Option(None, help="task name, for a predictive decision"),
     runs_dir: Optional[Path] = typer.Option(None, help="train a LearnedAdvisor on these runs"),
-    as_json: bool = typer.Option(False, "--json"),
+    output: OutputFormat = format_option(),
+    as_json: bool = typer.Option(False, "--json", hidden=True, help="deprecated: use --format json"),
 ) -> None:
     """One decision of the AdaptiveScaler for one worker group."""
     from scalable.scaling.scaler import AdaptiveScaler
 
+    if as_json:
+        output = OutputFormat.json
     advisor = None
     if runs_dir is not None:
         from scalable.advising.learned_advisor import LearnedAdvisor
 
-        if not runs_dir.is_dir():
-            raise fail(f"--runs-dir {runs_dir} is not a directory")
-        advisor = LearnedAdvisor.from_history(runs_dir)
+        advisor = LearnedAdvisor.from_history(runs_dir_value(runs_dir))
     try:
         scaler = AdaptiveScaler(
             advisor=advisor,
@@ -94,7 +96,7 @@ def decide(
         raise fail(str(exc)) from None
     snapshot = {"queued": queued, "processing": processing, "workers": workers, "threads_per_worker": threads, "task": task}
     decision = scaler.evaluate({"group": snapshot}).tags["group"]
-    if as_json:
+    if output is OutputFormat.json:
         typer.echo(json.dumps(decision.to_record("cli", 0.0).model_dump(exclude={"run_id", "time", "schema_version"})))
     else:
         typer.echo(f"{decision.action} {decision.from_workers} -> {decision.to_workers} ({decision.mode}): {decision.reason}")

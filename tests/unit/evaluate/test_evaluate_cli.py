@@ -64,7 +64,7 @@ def test_evaluate_prints_a_table(runs_dir, tmp_path):
 def test_missing_runs_dir_is_a_user_mistake(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--runs-dir", str(tmp_path / "nope")])
     assert result.exit_code == 2
-    assert "does not exist" in " ".join(result.output.split())
+    assert "no runs directory at" in " ".join(result.output.split())
     assert "Traceback" not in result.output
 
 
