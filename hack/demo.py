@@ -8,7 +8,10 @@ What runs (local processes and real pods, nothing needs Docker):
 - dask-kubernetes' own controller in a pod, Helm-installed from the chart in its wheel
   (tests/support/dask_kubernetes.py), on the locally built image (`make images`);
 - the sample workflow of examples/: a DaskCluster (on the locally built Dask image, hardened
-  for the node), an AdvisorModel trained from 60 earlier runs of the task, a ScalableWorkflow;
+  for the node), a ScalableWorkflow, and an AdvisorModel trained from 60 earlier observations
+  of the task: recorded on this host as the `scalable` library records them, and pushed to the
+  operator's ingestion endpoint with `scalable telemetry push` under a workflow client's
+  ServiceAccount token (nothing is written onto the operator's volume by hand);
   dask-kubernetes creates the scheduler and worker pods and retires workers through the
   scheduler's HTTP API;
 - a real Prometheus (tests/support/prometheus.py) that finds the scheduler and worker pods
@@ -67,7 +70,9 @@ from tests.support.chart import RELEASE, RELEASE_NAMESPACE, apply_documents, ope
 from tests.support.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 from tests.support.dask_kubernetes import install_controller, kubectl, on_node, scheduler_address  # noqa: E402
 from tests.support.images import node_images  # noqa: E402
-from tests.support.kube import dask_kubernetes_crd_files, install_crds, repo_crd_files, service_account_kubeconfig  # noqa: E402
+from tests.support.kube import (  # noqa: E402
+    dask_kubernetes_crd_files, install_crds, repo_crd_files, request_token, service_account_kubeconfig,
+)
 from tests.support.prometheus import PrometheusServer  # noqa: E402
 from tests.support.testenv import MissingBinaryError, free_ports, tail, terminate  # noqa: E402
 
@@ -135,6 +140,39 @@ def seed_history(runs_dir: Path, runs: int = 12, tasks_per_run: int = 5) -> int:
                 ))
                 n += 1
     return n
+
+
+async def push_history(admin: Any, cp: ControlPlane, history: Path, ingest_port: int, workflow: str, out: Path) -> dict:
+    """`scalable telemetry push` of the recorded runs to the operator, as a workflow client
+    does: a ServiceAccount of the demo namespace allowed to update the ScalableWorkflow, its
+    token from the API server (TokenRequest). The operator listens on this host's loopback, so
+    plain http carries the token; the push retries while the operator is still starting."""
+    client = "workflow-client"
+    apply_documents(cp.kubeconfig, [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": client, "namespace": NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "push-telemetry", "namespace": NAMESPACE},
+         "rules": [{"apiGroups": ["scalable.dev"], "resources": ["scalableworkflows"], "verbs": ["get", "update"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "push-telemetry", "namespace": NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "push-telemetry"},
+         "subjects": [{"kind": "ServiceAccount", "name": client, "namespace": NAMESPACE}]},
+    ])
+    token_file = out / "workflow-client.token"
+    token_file.write_text(await request_token(admin, NAMESPACE, client))
+    token_file.chmod(0o600)
+    url = f"http://127.0.0.1:{ingest_port}"
+    scalable = Path(sys.executable).parent / "scalable"
+    command = [str(scalable)] if scalable.exists() else [sys.executable, "-m", "scalable.cli.main"]
+    args = ["telemetry", "push", "--runs-dir", str(history), "--url", url, "--workflow", f"{NAMESPACE}/{workflow}",
+            "--token-file", str(token_file), "--spool-dir", str(out / "spool"), "--deadline", "90", "--json"]
+    say(f"pushing the recorded runs: scalable {' '.join(args)}")
+    started = time.monotonic()
+    done = await asyncio.to_thread(subprocess.run, [*command, *args], capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        raise RuntimeError(f"scalable telemetry push exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    outcome = json.loads(done.stdout)
+    say(f"the operator stored {outcome['accepted']} records of {outcome['runs']} runs ({outcome['duplicates']} there already, "
+        f"{outcome['retries']} retries while it started) in {time.monotonic() - started:.1f} s")
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,14 +363,18 @@ async def run(cp: ControlPlane, images: dict, args: argparse.Namespace, out: Pat
         sa_kubeconfig = await service_account_kubeconfig(admin, cp.kubeconfig, RELEASE_NAMESPACE, RELEASE,
                                                          out / "operator.kubeconfig", create=False)
         telemetry = out / "telemetry"
-        shutil.rmtree(telemetry, ignore_errors=True)  # a fresh volume on every run
-        n = seed_history(telemetry / NAMESPACE / "runs")
-        say(f"seeded {n} earlier observations of task {TASK!r} into the operator's telemetry volume ({telemetry})")
+        history = out / "client-runs"
+        for path in (telemetry, history, out / "spool"):
+            shutil.rmtree(path, ignore_errors=True)  # a fresh volume and client on every run
+        n = seed_history(history)
+        say(f"recorded {n} earlier observations of task {TASK!r} on this host ({history}), as the scalable "
+            "library records them; they reach the operator through its ingestion endpoint")
 
         max_cpu = await cpu_per_worker(admin, args.max_workers)
         objects = example_objects(prometheus.url, images["dask"].ref, args.max_workers, args.mode, max_cpu)
         for obj in objects:
-            await create(admin, obj)
+            if obj["kind"] != "AdvisorModel":  # after the history is in: it trains at once
+                await create(admin, obj)
         names = {o["kind"]: o["metadata"]["name"] for o in objects}
         wf_name, model_name, cluster_name = names["ScalableWorkflow"], names["AdvisorModel"], names["DaskCluster"]
         say("created from examples/: " + ", ".join(f"{k}/{v}" for k, v in names.items())
@@ -359,6 +401,11 @@ async def run(cp: ControlPlane, images: dict, args: argparse.Namespace, out: Pat
         operator = subprocess.Popen([*command, *argv], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         stack.callback(lambda: terminate(operator.pid, timeout=20, proc=operator))
 
+        outcome = await push_history(admin, cp, history, ingest_port, names["ScalableWorkflow"], out)
+        summary["push"] = outcome
+        for obj in objects:
+            if obj["kind"] == "AdvisorModel":
+                await create(admin, obj)
         say("waiting for the AdvisorModel to train and the worker template to be sized")
         deadline = time.monotonic() + args.timeout
         model = wf = {}

@@ -47,7 +47,18 @@ def test_the_demo_scales_real_pods_sizes_them_and_tears_down(tmp_path):
     assert code == 0, out[-6000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
 
-    # The recommendation, from the AdvisorModel trained on the seeded history.
+    # The history reached the operator the way a workflow client sends it: `scalable telemetry
+    # push` to its ingestion endpoint (nothing written onto its volume by hand), every record once.
+    push = summary["push"]
+    assert (push["runs"], push["accepted"], push["remaining"], push["failed"]) == (12, 60, 0, []), push
+    assert "scalable telemetry push --runs-dir" in out and "the operator stored 60 records of 12 runs" in out
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "telemetry" / "demo" / "runs").glob("*/run.json")]
+    pushed = [r for r in runs if r["source"] == "demo-history"]  # the operator records its own runs too
+    assert len(pushed) == 12 and {r["workflow"] for r in pushed} == {"sweep"}
+    lines = [(tmp_path / "telemetry" / "demo" / "runs" / r["run_id"] / "tasks.jsonl").read_text().splitlines() for r in pushed]
+    assert sum(len(x) for x in lines) == 60
+
+    # The recommendation, from the AdvisorModel trained on the pushed history.
     assert "Recommendation for the Dask workers" in out and "AdvisorModel sweep-model: phase" in out
     memory = summary["recommendation"]["memory"]
     limits = summary["template"]["limits"]
