@@ -122,14 +122,55 @@ async def _table_columns(api, namespace, plural):
         return [c["name"] for c in response.json()["columnDefinitions"]]
 
 
+async def _table(api, namespace, plural):
+    async with api.call_api(
+        "GET", version=GROUP_VERSION, namespace=namespace, url=plural,
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    ) as response:
+        table = response.json()
+    names = [c["name"] for c in table["columnDefinitions"]]
+    return [dict(zip(names, row["cells"])) for row in table["rows"]]
+
+
+async def _patch_status(api, namespace, plural, name, status):
+    async with api.call_api(
+        "PATCH", version=GROUP_VERSION, namespace=namespace, url=f"{plural}/{name}/status",
+        content=json.dumps({"status": status}), headers={"Content-Type": "application/merge-patch+json"},
+    ) as response:
+        return response.json()
+
+
+async def test_ready_and_trained_at_columns_show_the_status(kube_api, namespace):
+    """What `kubectl get` prints, as the API server renders it: the Ready condition's status
+    and when the model was trained (microsecond RFC 3339, as the operator writes it)."""
+    from scalable.controller.timestamps import precise_time
+
+    await _create(kube_api, namespace, workflow(), "scalableworkflows")
+    await _create(kube_api, namespace, advisor_model(), "advisormodels")
+    conditions = [{"type": "Sized", "status": "True", "reason": "Sized"},
+                  {"type": "Ready", "status": "False", "reason": "ClusterNotFound", "message": "no DaskCluster 'sim'"}]
+    await _patch_status(kube_api, namespace, "scalableworkflows", "wf", {"conditions": conditions})
+    [row] = await _table(kube_api, namespace, "scalableworkflows")
+    assert row["Ready"] == "False" and row["Cluster"] == "sim", row
+    import time
+
+    await _patch_status(kube_api, namespace, "advisormodels", "am", {
+        "phase": "Ready", "trainedAt": precise_time(time.time() - 7200),
+        "conditions": [{"type": "Trained", "status": "False", "reason": "InsufficientData"},
+                       {"type": "Ready", "status": "True", "reason": "ChampionServing"}]})
+    [row] = await _table(kube_api, namespace, "advisormodels")
+    assert row["Ready"] == "True" and row["Phase"] == "Ready", row
+    assert row["TrainedAt"] in ("120m", "2h0m", "2h"), row  # a date column is shown as an age
+
+
 async def test_printer_columns_and_short_names(kube_api, namespace):
     await _create(kube_api, namespace, workflow(), "scalableworkflows")
     await _create(kube_api, namespace, advisor_model(), "advisormodels")
     columns = await _table_columns(kube_api, namespace, "scalableworkflows")
-    for name in ("Name", "Cluster", "CPU", "Memory", "Confidence", "Current", "Desired", "Age"):
+    for name in ("Name", "Cluster", "Ready", "CPU", "Memory", "Confidence", "Current", "Desired", "Age"):
         assert name in columns
     columns = await _table_columns(kube_api, namespace, "advisormodels")
-    for name in ("Name", "Phase", "Version", "Records", "Coverage", "Age"):
+    for name in ("Name", "Phase", "Ready", "Version", "Records", "Coverage", "TrainedAt", "Age"):
         assert name in columns
     async with kube_api.call_api("GET", version=GROUP_VERSION, base="/apis", url="") as response:
         resources = {r["name"]: r for r in response.json()["resources"]}

@@ -23,10 +23,10 @@ from typing import Any
 
 import pydantic
 
-from scalable.controller.conditions import merge_conditions, now_rfc3339, set_condition
+from scalable.controller.conditions import merge_conditions, set_condition
 from scalable.controller.resources import AdvisorModelSpec
 from scalable.controller.runtime import Runtime
-from scalable.controller.timestamps import parse_time
+from scalable.controller.timestamps import parse_time, precise_time
 from scalable.controller.training import parse_duration, read_champion
 from scalable.controller.workflow import _either, _is_set
 
@@ -154,14 +154,14 @@ class AdvisorModelLoop:
                  "message": f"version {champion['version']} keeps serving" if champion else message},
             ], generation=generation)
             await self._patch(body, {"phase": phase, "lastError": message, "observedGeneration": generation,
-                                     "trainedAt": now_rfc3339(), "recordsSeen": total, "conditions": conditions})
+                                     "trainedAt": precise_time(time.time()), "recordsSeen": total, "conditions": conditions})
             await rt.kube.event(body, "TrainingFailed", message, "Warning")
             return max(60.0, rt.config.training_check_interval_s)
         finally:
             rt.metrics.training_seconds.labels(self.namespace).observe(time.monotonic() - started)
         outcome = result["outcome"]
         rt.metrics.trainings.labels(self.namespace, outcome).inc()
-        new_status: dict[str, Any] = {"observedGeneration": generation, "trainedAt": now_rfc3339(),
+        new_status: dict[str, Any] = {"observedGeneration": generation, "trainedAt": precise_time(time.time()),
                                       "runs": result["runs"], "records": result["records"], "recordsSeen": total,
                                       "lastError": None}
         if outcome == "insufficient":

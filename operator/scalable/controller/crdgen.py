@@ -144,15 +144,18 @@ def _column(name: str, path: str, type_: str = "string", priority: int = 0, desc
 def custom_resource_definitions() -> dict[str, dict[str, Any]]:
     """File name -> CRD document for every custom resource of the operator."""
     age = _column("Age", ".metadata.creationTimestamp", "date")
+    ready = _column("Ready", '.status.conditions[?(@.type=="Ready")].status', description="status of the Ready condition")
     return {
         "advisormodels.yaml": _crd(
             "AdvisorModel", "advisormodels", ["advm"], r.AdvisorModelSpec, r.AdvisorModelStatus,
             [
                 _column("Phase", ".status.phase"),
+                ready,
                 _column("Model", ".spec.modelType", priority=1),
                 _column("Version", ".status.modelVersion"),
                 _column("Records", ".status.records", "integer"),
                 _column("Coverage", ".status.coverage", description="measured held-out coverage"),
+                _column("TrainedAt", ".status.trainedAt", "date", description="when training last ran"),
                 age,
             ],
             spec_required=False,
@@ -161,6 +164,7 @@ def custom_resource_definitions() -> dict[str, dict[str, Any]]:
             "ScalableWorkflow", "scalableworkflows", ["swf", "scwf"], r.ScalableWorkflowSpec, r.ScalableWorkflowStatus,
             [
                 _column("Cluster", ".spec.clusterRef.name"),
+                ready,
                 _column("CPU", ".status.cpu", description="recommended cpu of the first worker group"),
                 _column("Memory", ".status.memory", description="recommended memory of the first worker group"),
                 _column("Confidence", ".status.confidence"),

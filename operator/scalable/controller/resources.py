@@ -123,7 +123,8 @@ class ModelPhase(str, enum.Enum):
 class AdvisorModelStatus(_Spec):
     phase: ModelPhase = ModelPhase.Pending
     modelVersion: str | None = None
-    trainedAt: str | None = None
+    trainedAt: str | None = Field(default=None, description="When training last ran (RFC 3339), whether it promoted a model or not; "
+                                  "retrainInterval counts from here.")
     runs: int | None = None
     records: int | None = None
     recordsSeen: int | None = Field(default=None, description="Task records in the namespace when it last trained; newRecordThreshold counts from here.")

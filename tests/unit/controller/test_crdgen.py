@@ -40,3 +40,21 @@ def test_query_templates_name_cluster_and_namespace():
     spec = ScalableWorkflowSpec.model_validate({"clusterRef": {"name": "c"}, "workerGroups": [{"name": "default", "task": "t"}]})
     for query in spec.scaling.prometheus.queries.model_dump().values():
         assert "$cluster" in query and "$namespace" in query
+
+
+def _columns(name):
+    doc = yaml.safe_load(crdgen.render()[name])
+    return {c["name"]: c for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+
+
+@pytest.mark.parametrize("name", ["advisormodels.yaml", "scalableworkflows.yaml"])
+def test_ready_column_reads_the_ready_condition(name):
+    ready = _columns(name)["Ready"]
+    assert ready["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status' and ready["type"] == "string"
+
+
+def test_advisor_model_shows_when_it_was_trained():
+    columns = _columns("advisormodels.yaml")
+    assert columns["TrainedAt"] == {"name": "TrainedAt", "type": "date", "jsonPath": ".status.trainedAt",
+                                    "description": "when training last ran"}
+    assert list(columns)[:2] == ["Phase", "Ready"] and "Coverage" in columns and list(columns)[-1] == "Age"
