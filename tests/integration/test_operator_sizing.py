@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from scalable.controller.sizing import ANNOTATION_SIZED
+from scalable.units import parse_memory
 from tests.integration.harness import (
     DASK,
     condition,
@@ -78,7 +79,11 @@ async def test_mode_off_recommends_without_touching_the_template(kube_api, names
     async with running_operator(operator_options(namespace, tmp_path)):
         wf = await wait_until(lambda: _with_condition(kube_api, namespace, "Sized", "False"), what="Sized=False")
         assert condition(wf, "Sized")["reason"] == "RecommendOnly"
-        assert wf["status"]["groups"][0]["recommendation"]["memory"]
+        rec = wf["status"]["groups"][0]["recommendation"]
+        assert rec["memory"]
+        # VPA-style bounds from the advisor's interval, bracketing the target
+        assert parse_memory(rec["lowerBound"]) <= parse_memory(rec["memory"]) <= parse_memory(rec["upperBound"]), rec
+        assert parse_memory(rec["lowerBound"]) < parse_memory(rec["upperBound"]), rec
         assert condition(wf, "Scaling")["reason"] == "ScalingOff"
         for kind, name in (("DaskCluster", "sim"), ("DaskWorkerGroup", "sim-default")):
             assert _worker_resources(await get(kube_api, namespace, kind, name)) is None

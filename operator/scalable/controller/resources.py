@@ -320,7 +320,10 @@ class ScalableWorkflowSpec(_Spec):
 
 class Recommendation(_Spec):
     cpu: str | None = None
-    memory: str | None = None
+    memory: str | None = Field(default=None, description="The target memory the worker template gets.")
+    lowerBound: str | None = Field(default=None, description="Low end of the advisor's interval of the task's peak memory (capped by the "
+                                   "resource policy); absent when the advisor gives no interval.")
+    upperBound: str | None = Field(default=None, description="High end of that interval (capped by the resource policy); at least the target.")
     confidence: float | None = None
     method: str | None = None
     basis: str | None = None

@@ -45,6 +45,7 @@ __all__ = [
     "SizingError",
     "clamp",
     "describe_change",
+    "memory_bounds",
     "should_apply",
     "template_patch",
 ]
@@ -129,6 +130,25 @@ def clamp(cpus: float, memory_bytes: float, min_allowed: Any = None, max_allowed
     except QuantityError as exc:
         raise SizingError(f"resourcePolicy bound is not a quantity: {exc}") from exc
     return Sized(cpu_value, int(mem_value), float(cpus), int(memory_bytes), tuple(bounded))
+
+
+def memory_bounds(interval: tuple[int, int] | None, target: Sized, min_allowed: Any = None,
+                  max_allowed: Any = None) -> dict[str, str]:
+    """``lowerBound`` / ``upperBound`` memory of a recommendation, as the VPA's status has them.
+
+    From the advisor's memory interval ``(low, high)`` in bytes (none without one), capped by
+    the resource policy as the target is, and widened where needed so that they bracket the
+    memory the template gets (rounded up to whole MiB, raised to a floor)."""
+    if interval is None:
+        return {}
+    low, high = (int(v) for v in interval)
+    lo_mem, hi_mem = _bound(min_allowed, "memory"), _bound(max_allowed, "memory")
+    if lo_mem is not None:
+        low, high = max(low, parse_memory(lo_mem)), max(high, parse_memory(lo_mem))
+    if hi_mem is not None:
+        low, high = min(low, parse_memory(hi_mem)), min(high, parse_memory(hi_mem))
+    low, high = min(low, target.memory_bytes), max(high, target.memory_bytes)
+    return {"lowerBound": exact_memory(max(0, low)), "upperBound": exact_memory(high)}
 
 
 def _moved(old: float | None, new: float, tolerance: float) -> bool:

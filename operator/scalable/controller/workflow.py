@@ -140,6 +140,7 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
         result.recommendations[group.name] = {
             "cpu": group_sized.cpu, "memory": group_sized.memory, "confidence": round(float(rec.confidence), 4),
             "method": rec.method, "basis": basis[:1000], "modelVersion": getattr(rec, "model_version", None) or model_version,
+            **sizing.memory_bounds(getattr(rec, "interval", None), group_sized, policy.minAllowed, policy.maxAllowed),
         }
         m = rt.metrics
         labels = (namespace, body["metadata"]["name"], group.name)
