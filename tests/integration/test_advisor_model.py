@@ -66,7 +66,9 @@ async def test_predictive_scaling_uses_the_models_durations(kube_api, namespace,
     from tests.integration.harness import QueueExporter, job_queries
 
     write_history(tmp_path / namespace / "runs", n=150, duration_s=20.0, spread=0.2)
-    exporter = await QueueExporter(queued=6, processing=1).start()
+    # enough queued work that even at maxWorkers some is left when a new worker could join: the
+    # predicted load of a later poll (after a scale-up) is then above 0 too
+    exporter = await QueueExporter(queued=60, processing=1).start()
     prometheus.add_target("q", exporter.address)
     await create(kube_api, namespace, advisor_model("demand"))
     await create_dask_cluster(kube_api, namespace, "sim")
@@ -79,9 +81,11 @@ async def test_predictive_scaling_uses_the_models_durations(kube_api, namespace,
             async def predictive():
                 wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
                 decision = ((wf.get("status") or {}).get("groups") or [{}])[0].get("lastDecision") or {}
-                return wf if decision.get("mode") == "predictive" else None
+                # a decision from a poll before Prometheus scraped the queue sees none, rightly
+                # predicting no load: wait for one that saw the exporter's queued tasks
+                return wf if decision.get("mode") == "predictive" and (decision.get("queued") or 0) > 0 else None
 
-            wf = await wait_until(predictive, timeout=240, what="a predictive decision")
+            wf = await wait_until(predictive, timeout=240, what="a predictive decision on the queue")
             decision = wf["status"]["groups"][0]["lastDecision"]
             assert decision["predictedLoad"] is not None and decision["predictedLoad"] > 0
             assert 0 < decision["confidence"] <= 1

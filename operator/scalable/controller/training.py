@@ -10,8 +10,13 @@
   at most the champion's plus :data:`SLACK_TOLERANCE`. The champion's version is kept in
   ``champion.json`` next to the store; the decision and its reason go to the status.
 * **Serving.** :class:`AdvisorProvider` gives a ScalableWorkflow the champion LearnedAdvisor of
-  its AdvisorModel (loaded once per version), else the percentile ResourceAdvisor fitted on the
-  namespace's history, and the ModelReady condition that says which and why.
+  its AdvisorModel, else the percentile ResourceAdvisor fitted on the namespace's history, and
+  the ModelReady condition that says which and why.
+* **Between retrains.** Every ``history_ttl_s`` the champion is brought up to date with the
+  namespace's history (``LearnedAdvisor.update``: the history statistics the trees read, and
+  the adaptive offset that moves the answers by the misses of the runs finished since), on a
+  fresh copy loaded from the store and swapped in whole, so no answer reads a half-updated
+  model; the offset carries over from the copy before. A failed refresh keeps the copy in use.
 """
 
 from __future__ import annotations
@@ -205,7 +210,8 @@ class AdvisorProvider:
         self.kube = kube
         self.root = root
         self.history_ttl_s = history_ttl_s
-        self._learned: dict[tuple[str, str, str], Any] = {}
+        #: (namespace, model, version) -> (monotonic time of the last refresh, advisor)
+        self._learned: dict[tuple[str, str, str], tuple[float, Any]] = {}
         self._percentile: dict[str, tuple[float, Any]] = {}
         # one load per namespace or model at a time: hundreds of daemons start together and
         # would otherwise all read the same history at once
@@ -246,17 +252,19 @@ class AdvisorProvider:
         if champion is None:
             return None, None
         key = (namespace, name, champion["version"])
-        advisor = self._learned.get(key)
-        if advisor is None:
-            async with self._lock(("learned", namespace, name)):
-                advisor = self._learned.get(key)
-                if advisor is None:
-                    from scalable.advising.learned_advisor import LearnedAdvisor
-
-                    advisor = await asyncio.to_thread(LearnedAdvisor.load, model_dir, MODEL_NAME, champion["version"])
-                    for old in [k for k in self._learned if k[:2] == key[:2]]:
-                        del self._learned[old]
-                    self._learned[key] = advisor
+        cached = self._learned.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.history_ttl_s:
+            return cached[1], champion["version"]
+        async with self._lock(("learned", namespace, name)):
+            cached = self._learned.get(key)
+            if cached is not None and time.monotonic() - cached[0] < self.history_ttl_s:
+                return cached[1], champion["version"]
+            previous = cached[1] if cached is not None else None
+            runs = self.root.runs_dir(namespace)
+            advisor = await asyncio.to_thread(_refreshed, model_dir, champion["version"], runs, previous)
+            for old in [k for k in self._learned if k[:2] == key[:2]]:
+                del self._learned[old]
+            self._learned[key] = (time.monotonic(), advisor)
         return advisor, champion["version"]
 
     def forget(self, namespace: str, name: str) -> None:
@@ -288,6 +296,32 @@ class AdvisorProvider:
         return AdvisorChoice(advisor, advisor, version, {
             "type": "ModelReady", "status": True, "reason": "ModelLoaded",
             "message": f"AdvisorModel {ref.name!r} version {version}"})
+
+
+def _refreshed(model_dir: Path, version: str, runs_dir: Path, previous: Any) -> Any:
+    """The stored model ``version``, brought up to date with the history under ``runs_dir``
+    (see the module docstring); ``previous`` is the copy in use, whose adaptive offset goes on.
+    A model that does not load raises; a history that cannot be read or applied leaves the
+    model as stored (or ``previous``), and the operator keeps sizing."""
+    import copy
+    import logging
+
+    from scalable.advising.learned_advisor import LearnedAdvisor
+    from scalable.telemetry.loader import load_tasks
+
+    advisor = LearnedAdvisor.load(model_dir, MODEL_NAME, version)
+    if previous is not None and getattr(previous, "adaptive_", None) is not None:
+        advisor.adaptive_ = copy.deepcopy(previous.adaptive_)
+        advisor.observed_until_ = previous.observed_until_
+    try:
+        frame = load_tasks(runs_dir).frame
+        if len(frame):
+            advisor.update(frame)
+    except Exception as exc:  # noqa: BLE001 - serving the stored model beats serving none
+        logging.getLogger("scalable.controller.training").warning(
+            "model %s %s not refreshed from %s: %s: %s", model_dir, version, runs_dir, type(exc).__name__, exc)
+        return previous if previous is not None else LearnedAdvisor.load(model_dir, MODEL_NAME, version)
+    return advisor
 
 
 def model_dir_exists(root: TelemetryRoot, namespace: str, name: str) -> bool:
