@@ -31,6 +31,7 @@ from scalable.controller.quantities import QuantityError, parse_cpu, parse_memor
 
 __all__ = [
     "ANNOTATION_LAST_SCALE",
+    "ANNOTATION_PAUSED",
     "ANNOTATION_SIZED",
     "ContainerResources",
     "DEFAULT_GROUP",
@@ -42,6 +43,8 @@ __all__ = [
     "annotation_pointer",
     "default_worker_group_name",
     "find_container",
+    "paused",
+    "paused_message",
     "replicas",
     "resolve_targets",
     "worker_pod_spec",
@@ -53,6 +56,9 @@ DEFAULT_GROUP = "default"
 WORKER_POD_SPEC = "/spec/worker/spec"
 ANNOTATION_SIZED = "scalable.dev/sized"
 ANNOTATION_LAST_SCALE = "scalable.dev/last-scale"
+#: on a ScalableWorkflow (set by a person, read by the operator): "true" holds scaling and sizing,
+#: as KEDA's autoscaling.keda.sh/paused does; removing it resumes
+ANNOTATION_PAUSED = "scalable.dev/paused"
 
 
 class TemplateError(ValueError):
@@ -86,6 +92,20 @@ def find_container(pod_spec: Mapping[str, Any] | None, name: str) -> tuple[int, 
     raise TemplateError(
         f"the worker pod template has no container named {name!r} (containers: {names}); set resourcePolicy.containerName"
     )
+
+
+def paused(obj: Mapping[str, Any] | None) -> bool:
+    """Whether the object carries ``scalable.dev/paused: "true"`` (any case, surrounding blanks
+    ignored); any other value, or none, is not paused."""
+    value = (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_PAUSED)
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
+def paused_message(obj: Mapping[str, Any], what: str) -> str:
+    """The condition message of a paused workflow: what is held, and how to resume."""
+    name = (obj.get("metadata") or {}).get("name", "NAME")
+    return (f'annotation {ANNOTATION_PAUSED}: "true": {what}; to resume, remove it: '
+            f"kubectl annotate scalableworkflow {name} {ANNOTATION_PAUSED}-")
 
 
 def annotation_pointer(name: str) -> str:

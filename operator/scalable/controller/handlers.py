@@ -2,9 +2,9 @@
 
 One daemon per object (ScalableWorkflow, AdvisorModel) is the only writer of its status; its
 period is read from the object each time, which a ``@kopf.timer`` (fixed interval at
-registration) cannot do. Spec changes wake the daemon at once; deletions clean up through a
-finalizer. Handlers are registered on a fresh registry per operator, so two operators can
-share a test process.
+registration) cannot do. Spec changes, and setting or removing the pause annotation, wake the
+daemon at once; deletions clean up through a finalizer. Handlers are registered on a fresh
+registry per operator, so two operators can share a test process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from scalable.controller.advisor_model import AdvisorModelLoop
+from scalable.controller.dask_objects import paused
 from scalable.controller.resources import GROUP, VERSION
 from scalable.controller.workflow import WorkflowLoop, cleanup_workflow
 
@@ -47,6 +48,22 @@ def build_registry() -> kopf.OperatorRegistry:
     @kopf.on.update(GROUP, VERSION, "scalableworkflows", field="spec", registry=registry)
     def workflow_changed(namespace: str, name: str, memo: Any, **_: Any) -> None:
         memo.runtime.wakeup("ScalableWorkflow", namespace, name).set()
+
+    paused_seen: dict[tuple[str, str], bool] = {}
+
+    @kopf.on.event(GROUP, VERSION, "scalableworkflows", registry=registry)
+    def workflow_event(event: Any, body: Any, memo: Any, **_: Any) -> None:
+        # The pause annotation is scalable.dev/..., kopf's own storage prefix here, which kopf
+        # leaves out of the diff an on.update(field=...) sees: raw watch events tell it instead.
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if event.get("type") == "DELETED":
+            paused_seen.pop(key, None)
+            return
+        now_paused = paused(body)
+        if paused_seen.get(key, now_paused) != now_paused:
+            memo.runtime.wakeup("ScalableWorkflow", *key).set()
+        paused_seen[key] = now_paused
 
     @kopf.on.delete(GROUP, VERSION, "scalableworkflows", registry=registry)
     async def workflow_deleted(body: Any, memo: Any, logger: Any, **_: Any) -> None:

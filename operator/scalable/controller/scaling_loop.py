@@ -17,6 +17,8 @@ Rules that make it safe to run again at any moment, including right after a rest
   DaskWorkerGroup) and then in ``status.groups[].lastScaleTime``; a fresh process rebuilds the
   history from the later of the two, so even a crash between the replica patch and the status
   write cannot shorten the cooldown.
+* **A person can hold it.** ``scalable.dev/paused: "true"`` on the workflow makes the poll
+  patch nothing (``Scaling=False, reason=Paused``) until the annotation is removed.
 * **Never fight another scaler.** A DaskAutoscaler on the same cluster makes the poll hold with
   ``Scaling=False, reason=ConflictingAutoscaler``.
 * **Degrade, never guess.** Prometheus unavailable -> the scheduler's own ``/metrics`` ->
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scalable.controller.conditions import now_rfc3339
-from scalable.controller.dask_objects import ANNOTATION_LAST_SCALE, GroupTarget, LastScale, resolve_targets
+from scalable.controller.dask_objects import ANNOTATION_LAST_SCALE, GroupTarget, LastScale, paused, paused_message, resolve_targets
 from scalable.controller.kube import Conflict, KubeClient
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.resources import ScalableWorkflowSpec, WorkerGroup
@@ -174,6 +176,9 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         result.groups[target.group.name] = {"currentReplicas": target.replicas}
     if problems:
         result.condition("Scaling", False, "WorkerGroupNotFound", "; ".join(problems))
+    if paused(body):
+        result.condition("Scaling", False, "Paused", paused_message(body, "replicas are left alone"))
+        return result
     if spec.scaling.mode == "Off":
         result.condition("Scaling", False, "ScalingOff", "spec.scaling.mode is Off: replicas are left alone")
         return result

@@ -23,7 +23,7 @@ from typing import Any
 import pydantic
 
 from scalable.controller import sizing, worker_pods
-from scalable.controller.conditions import merge_conditions, set_condition
+from scalable.controller.conditions import get_condition, merge_conditions, set_condition
 from scalable.controller.kube import Conflict, KubeError
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
 from scalable.controller.resources import ScalableWorkflowSpec
@@ -36,6 +36,8 @@ from scalable.controller.dask_objects import (
     default_worker_group_name,
     find_container,
     marks_of,
+    paused,
+    paused_message,
     resolve_targets,
     worker_pod_spec,
 )
@@ -347,7 +349,13 @@ class WorkflowLoop:
                                                {g.resourcePolicy.containerName for g in spec.workerGroups})
         sizing_result = SizingResult()
         sizing_key = (generation, choice.version, oom_evidence(targets, pods))
-        if cluster is not None and (sizing_key != self.sized_key or now - self.sized_at >= rt.config.sizing_interval_s):
+        if paused(body):
+            # no template writes; sized again as soon as the annotation is gone
+            self.sized_key = None
+            updates.append({"type": "Sized", "status": False, "reason": "Paused",
+                            "message": paused_message(body, "worker templates are left alone")})
+        elif cluster is not None and (sizing_key != self.sized_key or now - self.sized_at >= rt.config.sizing_interval_s
+                                      or (get_condition(status.get("conditions"), "Sized") or {}).get("reason") == "Paused"):
             sizing_result = await size_groups(rt, body, spec, targets, choice.advisor, choice.version, pods)
             if not any(c["type"] == "Sized" and c["status"] is False and c["reason"] == "SizingIncomplete" and "retrying" in c["message"] for c in sizing_result.conditions):
                 self.sized_key, self.sized_at = sizing_key, now
