@@ -174,6 +174,7 @@ async def test_printer_columns_and_short_names(kube_api, namespace):
         assert name in columns
     async with kube_api.call_api("GET", version=GROUP_VERSION, base="/apis", url="") as response:
         resources = {r["name"]: r for r in response.json()["resources"]}
-    assert "swf" in resources["scalableworkflows"]["shortNames"]
+    # not swf: that is the trace format users import (scalable telemetry import --format swf)
+    assert resources["scalableworkflows"]["shortNames"] == ["scwf"]
     assert "advm" in resources["advisormodels"]["shortNames"]
     assert "scalableworkflows/status" in resources

@@ -161,7 +161,7 @@ def custom_resource_definitions() -> dict[str, dict[str, Any]]:
             spec_required=False,
         ),
         "scalableworkflows.yaml": _crd(
-            "ScalableWorkflow", "scalableworkflows", ["swf", "scwf"], r.ScalableWorkflowSpec, r.ScalableWorkflowStatus,
+            "ScalableWorkflow", "scalableworkflows", ["scwf"], r.ScalableWorkflowSpec, r.ScalableWorkflowStatus,
             [
                 _column("Cluster", ".spec.clusterRef.name"),
                 ready,

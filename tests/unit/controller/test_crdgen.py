@@ -58,3 +58,9 @@ def test_advisor_model_shows_when_it_was_trained():
     assert columns["TrainedAt"] == {"name": "TrainedAt", "type": "date", "jsonPath": ".status.trainedAt",
                                     "description": "when training last ran"}
     assert list(columns)[:2] == ["Phase", "Ready"] and "Coverage" in columns and list(columns)[-1] == "Age"
+
+
+def test_short_names_do_not_collide_with_the_trace_format():
+    # swf is the Standard Workload Format users import (scalable telemetry import --format swf)
+    names = {n: yaml.safe_load(t)["spec"]["names"]["shortNames"] for n, t in crdgen.render().items()}
+    assert names == {"advisormodels.yaml": ["advm"], "scalableworkflows.yaml": ["scwf"]}
