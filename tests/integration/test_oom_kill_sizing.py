@@ -62,26 +62,29 @@ async def test_an_oom_killed_worker_gets_the_retry_memory_and_the_lesson_outlive
     await create_dask_cluster(kube_api, namespace, "sim")
     groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 4,
                "resourcePolicy": {"mode": "Auto"}}]
-    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling={"mode": "Off"}))
+    # the loop iterates every poll interval, scaling or not: 1 s, so each check below sees a fresh sizing
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups,
+                                                        scaling={"mode": "Off", "pollIntervalSeconds": 1}))
     async with running_operator(operator_options(namespace, tmp_path, sizing_interval=1.0)):
         async def sized():
             group = await get(kube_api, namespace, "DaskWorkerGroup", "sim-default")
             return _memory(group) if group else None
 
-        first = await wait_until(sized, what="the worker template sized from history")
+        first = await wait_until(sized, timeout=60, what="the worker template sized from history")
         await _worker_pod(kube_api, namespace, "sim-default-worker-abc", first)
 
         async def grown():
             memory = await sized()
             return memory if memory and parse_memory(memory) > parse_memory(first) else None
 
-        retry = await wait_until(grown, what="the template resized after the OOM kill")
+        retry = await wait_until(grown, timeout=60, what="the template resized after the OOM kill")
         assert parse_memory(retry) == 2 * parse_memory(first), (first, retry)
         wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
         kill = wf["status"]["groups"][0]["lastOOMKill"]
         assert parse_memory(kill["memory"]) == parse_memory(first) and kill["pod"] == "sim-default-worker-abc"
         assert "OOM-killed at" in wf["status"]["groups"][0]["recommendation"]["basis"]
-        events = await wait_until(lambda: _events(kube_api, namespace, "WorkerOOMKilled"), what="a WorkerOOMKilled Event")
+        events = await wait_until(lambda: _events(kube_api, namespace, "WorkerOOMKilled"), timeout=60,
+                                  what="a WorkerOOMKilled Event")
         assert "sim-default-worker-abc" in events[0]["message"] and events[0]["type"] == "Warning"
 
         async with kube_api.call_api("DELETE", version="v1", namespace=namespace, url="pods/sim-default-worker-abc",
