@@ -36,7 +36,10 @@ async def _worker_pod(api, namespace, name, memory):
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "labels": {"dask.org/cluster-name": "sim", "dask.org/component": "worker",
                                                  "dask.org/workergroup-name": "sim-default"}},
-           "spec": {"containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest",
+           # no scheduler by that name: the pod is never bound, so no kubelet (or kwok, which other
+           # tests of this control plane start) writes a status over the one this test sets
+           "spec": {"schedulerName": "scalable-test-no-scheduler",
+                    "containers": [{"name": "worker", "image": "ghcr.io/dask/dask:latest",
                                     "resources": {"limits": {"cpu": "1", "memory": memory},
                                                   "requests": {"cpu": "1", "memory": memory}}}]}}
     async with api.call_api("POST", version="v1", namespace=namespace, url="pods", content=json.dumps(pod),
