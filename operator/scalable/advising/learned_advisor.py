@@ -42,7 +42,7 @@ from scalable.advising.calibration import ConformalCalibrator, conditional_quant
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.model_choice import trend_tasks
-from scalable.advising.recommendation import Recommendation, after_oom_kill
+from scalable.advising.recommendation import Recommendation, after_oom_kill, with_memory
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.advising.trend import InputTrend, TaskTrend, positive_number
 from scalable.advising.arguments import check_coverage, existing_runs_dir
@@ -390,11 +390,7 @@ class LearnedAdvisor(BaseEstimator):
         for rec in recs:
             memory = max(math.ceil(rec.memory_bytes * factor), self.min_memory_bytes_, math.ceil(self._oom_floor(rec.task or "")))
             low = None if rec.interval is None else (min(rec.interval[0], memory), memory)
-            out.append(Recommendation._trusted(**{
-                **{k: getattr(rec, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
-                                                "model_version", "task", "cpus_exact", "keys_shown")},
-                "memory_bytes": memory, "basis": rec.basis + note, "interval": low,
-                "details": {**rec.details, "adaptive_factor": factor}}))
+            out.append(with_memory(rec, memory, rec.basis + note, low, adaptive_factor=factor))
         return out
 
     def update(self, frame: pd.DataFrame) -> "LearnedAdvisor":

@@ -175,9 +175,15 @@ def after_oom_kill(plain: Recommendation, failed: int, estimate: tuple[int, str]
         memory, how = 2 * failed, DOUBLED
     memory = max(memory, plain.memory_bytes if plain.memory_bytes > failed else 0)
     basis = f"{plain.basis}; the last attempt was OOM-killed at {format_memory(failed)}: {format_memory(memory)}, {how}"
+    return with_memory(plain, memory, basis, (failed, memory), failed_memory_bytes=failed)
+
+
+def with_memory(rec: Recommendation, memory: int, basis: str, interval: tuple[int, int] | None,
+                **details: Any) -> Recommendation:
+    """``rec`` with another memory, basis and interval (and ``details`` added), all else kept:
+    the one place an advisor revises an answer it already bounded."""
     return Recommendation._trusted(**{
-        **{k: getattr(plain, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
-                                          "model_version", "task", "cpus_exact", "keys_shown")},
-        "memory_bytes": memory, "basis": basis, "interval": (failed, memory),
-        "details": {**plain.details, "failed_memory_bytes": failed},
+        **{k: getattr(rec, k) for k in ("cpus", "confidence", "method", "predicted_duration_s", "coverage",
+                                        "model_version", "task", "cpus_exact", "keys_shown")},
+        "memory_bytes": memory, "basis": basis, "interval": interval, "details": {**rec.details, **details},
     })
