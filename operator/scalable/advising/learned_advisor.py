@@ -284,8 +284,11 @@ class LearnedAdvisor(BaseEstimator):
             task_names = frame["task"].astype(str).to_numpy(dtype=object)
             earlier_lines = InputTrend().fit(task_names[earlier], trend_inputs.iloc[earlier],
                                              targets["memory"].to_numpy()[earlier])
-            line_errors = y_cal - earlier_lines.predict_log(tasks, trend_inputs.iloc[memory_cal])
-            self.trend_tasks_ = trend_tasks(self.trend_, tasks, y_cal - centre, line_errors, self.min_history)
+            model_upper = centre + self.calibrator_.thresholds(tasks, self.coverage) * spread
+            line_upper = earlier_lines.upper_log(tasks, trend_inputs.iloc[memory_cal], self.coverage)
+            runtimes = np.exp(targets["duration"].to_numpy()[memory_cal])
+            self.trend_tasks_ = trend_tasks(self.trend_, tasks, model_upper, line_upper, y_cal, runtimes,
+                                            self.min_history)
             self.quality_["memory"]["tasks_answered_by_their_input_trend"] = len(self.trend_tasks_)
         if "cpus" in self.models_:
             rows = cal[np.isfinite(targets["cpus"].to_numpy()[cal])]
@@ -640,7 +643,13 @@ class LearnedAdvisor(BaseEstimator):
                     f"model confidence {conf:.2f} below {self.confidence_threshold:g} "
                     f"(interval x{1 + width_i:.2f} of the median, held-out miss rate {miss_i:.1%})"
                 )
-                out.append(self._fallback(task, target, coverage, reason, conf, dur, tag, inputs=features[i]))
+                fallback = self._fallback(task, target, coverage, reason, conf, dur, tag, inputs=features[i])
+                if target in (None, "memory"):
+                    # the task's own line is a learned model too, and unlike the percentiles it
+                    # follows the input: it answers before them when it is confident itself
+                    why = f"the shared model's {reason}"
+                    fallback = self._trend_answer(task, features[i], coverage, fallback, why=why) or fallback
+                out.append(fallback)
                 continue
             if target is None or target == "memory":
                 scope = "this task" if task in own_quantile else "all tasks"

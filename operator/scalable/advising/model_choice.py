@@ -6,10 +6,19 @@ in that hold-out, so its upper bound is the width measured over *other* tasks, w
 they are erratic. The task's own line (:class:`~scalable.advising.trend.InputTrend`) is
 scaled by that task's own errors. Neither is better everywhere, so both are judged on the
 same runs, the time hold-out, each fitted without them (the trees on the earlier runs, the
-lines refitted on the earlier runs too, so the line is not credited with runs it has seen):
+lines refitted on the earlier runs too, so the line is not credited with runs it has seen).
 
-* a task with at least ``min_compared`` held-out runs goes to the one with the smaller
-  root-mean-square log error on them;
+They are judged by what their answers would have cost, not by how close their centres came:
+what a user pays for is the upper bound, and a run below its peak is killed and run again.
+Each held-out run is given each model's upper bound at the advisor's coverage; a bound below
+the run's peak costs that allocation for the run's duration and is retried at double until it
+fits, and the attempt that fits costs its allocation above the peak for the duration
+(:func:`retry_wastage`, the replay rule of ``benchmarks/bench_nextflow.py``). So a line that is
+close on average but wide, or trees that are tight but miss, lose to the model that wastes
+less memory-time on this task's own runs:
+
+* a task with at least ``min_compared`` held-out runs goes to the one that would have wasted
+  less on them (a tie goes to the line, the simpler model);
 * a task with fewer goes to the line: the trees' interval for it would be the width measured
   over other tasks, the line's is measured on the task's own runs (left-one-out).
 
@@ -19,7 +28,6 @@ that is the short-history path, with its own rule.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
@@ -27,33 +35,49 @@ import pandas as pd
 
 from scalable.advising.trend import InputTrend
 
-__all__ = ["MIN_COMPARED", "trend_tasks"]
+__all__ = ["MIN_COMPARED", "retry_wastage", "trend_tasks"]
 
 #: held-out runs of a task on which both models must be measured for the comparison to count
 MIN_COMPARED = 5
 
+#: a run without a recorded duration counts as this many seconds (every run weighs the same)
+UNTIMED_RUN_S = 1.0
 
-def _rms(values: np.ndarray) -> float:
-    return float(math.sqrt(float(np.mean(np.square(values))))) if len(values) else math.nan
+
+def retry_wastage(upper_log: np.ndarray, log_peak: np.ndarray, runtime_s: np.ndarray) -> np.ndarray:
+    """Byte-seconds each run would waste if first given ``exp(upper_log)`` and, each time that
+    is below its peak, killed and run again at double: every failed attempt costs its whole
+    allocation for the run's duration, the one that fits its allocation above the peak."""
+    allocation = np.exp(np.minimum(np.asarray(upper_log, dtype=float), 700.0))
+    peak = np.exp(np.asarray(log_peak, dtype=float))
+    runtime = np.asarray(runtime_s, dtype=float)
+    runtime = np.where(np.isfinite(runtime) & (runtime > 0), runtime, UNTIMED_RUN_S)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        doublings = np.maximum(np.ceil(np.log2(peak / allocation)), 0.0)
+        fits_at = allocation * np.exp2(doublings)
+        return (allocation * (np.exp2(doublings) - 1.0) + (fits_at - peak)) * runtime
 
 
 def trend_tasks(
     trend: InputTrend,
     held_out_tasks: np.ndarray,
-    model_errors: np.ndarray,
-    line_errors: np.ndarray,
+    model_upper: np.ndarray,
+    line_upper: np.ndarray,
+    log_peaks: np.ndarray,
+    runtimes_s: np.ndarray,
     min_history: int,
     min_compared: int = MIN_COMPARED,
 ) -> dict[str, str]:
     """Tasks the line answers for, each with the reason in words (for a recommendation's basis).
 
-    ``held_out_tasks`` are the tasks of the held-out runs, ``model_errors`` the trees' log errors
-    on them and ``line_errors`` the lines' (fitted on the earlier runs; NaN where a task had no
-    line then), both observed minus predicted.
+    ``held_out_tasks`` are the tasks of the held-out runs, ``model_upper`` the trees' log upper
+    bounds for them and ``line_upper`` the lines' (fitted on the earlier runs; NaN where a task
+    had no line then), ``log_peaks`` their observed log peaks and ``runtimes_s`` their durations.
     """
     held = pd.DataFrame({"task": np.asarray(held_out_tasks, dtype=object).astype(str),
-                         "model": np.asarray(model_errors, dtype=float),
-                         "line": np.asarray(line_errors, dtype=float)})
+                         "model": retry_wastage(model_upper, log_peaks, runtimes_s),
+                         "line": retry_wastage(line_upper, log_peaks, runtimes_s),
+                         "runtime": np.asarray(runtimes_s, dtype=float)})
     both = held[np.isfinite(held["model"]) & np.isfinite(held["line"])]
     compared: Mapping[str, pd.DataFrame] = dict(tuple(both.groupby("task", sort=False)))
     out: dict[str, str] = {}
@@ -66,8 +90,11 @@ def trend_tasks(
             out[task] = (f"chosen over the shared model, which has {n} held-out runs of this task to be judged on "
                          f"(fewer than {min_compared}) and only the width measured over other tasks")
             continue
-        own, shared = _rms(rows["line"].to_numpy()), _rms(rows["model"].to_numpy())
+        own, shared = float(rows["line"].sum()), float(rows["model"].sum())
         if own <= shared:
-            out[task] = (f"chosen over the shared model: log error {own:.3f} against {shared:.3f} on "
-                         f"{len(rows)} held-out runs of this task")
+            unit = "GB*h" if rows["runtime"].notna().any() else "GB*run"
+            scale = 1e9 * (3600.0 if unit == "GB*h" else 1.0)
+            out[task] = (f"chosen over the shared model: its upper bounds would have wasted {own / scale:.3g} {unit} "
+                         f"against {shared / scale:.3g} on {len(rows)} held-out runs of this task "
+                         f"(failed attempts retried at double)")
     return out

@@ -219,6 +219,26 @@ class InputTrend:
                 out[i] = trend.centre(x if math.isfinite(x) and x > 0 else None)
         return out
 
+    def upper_log(self, tasks: Sequence[str], inputs: pd.DataFrame, coverage: float) -> np.ndarray:
+        """Each row's log upper bound on its task's line at ``coverage`` (NaN without a line): what
+        :meth:`upper` answers, for many rows at once; ``inputs`` as in :meth:`fit`."""
+        tasks = np.asarray(tasks, dtype=object).astype(str)
+        out = np.full(len(tasks), np.nan)
+        columns = {str(c): pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float) for c in inputs.columns}
+        for task, rows in pd.Series(tasks).groupby(tasks, sort=False).indices.items():
+            trend = self.trends_.get(str(task))
+            if trend is None:
+                continue
+            values = columns.get(trend.feature) if trend.feature is not None else None
+            own = self._own(str(task), coverage)
+            q = max(conformal_quantile(own, coverage), 0.0) if own is not None else self.quantile(trend, coverage)[0]
+            for i in rows:
+                x = values[i] if values is not None else math.nan
+                x = x if math.isfinite(x) and x > 0 else None
+                scale = self._scale(trend, x) if own is not None else trend.sigma * math.sqrt(1.0 + trend.leverage(x))
+                out[i] = trend.centre(x) + q * scale
+        return out
+
     def _input(self, trend: TaskTrend, features: Mapping[str, Any]) -> float | None:
         return None if trend.feature is None else positive_number(features.get(trend.feature))
 

@@ -3,12 +3,14 @@ request as the ceiling of a short-history answer measured on other tasks."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import pandas as pd
 
 from scalable.advising.learned_advisor import LearnedAdvisor
-from scalable.advising.model_choice import trend_tasks
+from scalable.advising.model_choice import retry_wastage, trend_tasks
 from scalable.advising.trend import InputTrend
 from scalable.units import MiB
 
@@ -59,25 +61,50 @@ def test_the_interval_pooled_over_tasks_is_wider_for_that_task():
     assert own_upper < pooled_upper
 
 
-def test_the_trees_keep_a_task_where_they_were_better_on_its_held_out_runs():
+def _trend():
     frame = _workflow()
-    trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
-                             np.log(frame["peak_memory_bytes"].to_numpy()))
+    return InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
+                            np.log(frame["peak_memory_bytes"].to_numpy()))
+
+
+def test_retry_wastage_counts_failed_attempts_whole_and_slack_on_the_one_that_fits():
+    gb = np.log(1e9)
+    # 4 GB for a 3 GB peak over 1 h: 1 GB*h; 1 GB for 3 GB: 1 + 2 failed, then 4 - 3: 4 GB*h
+    wasted = retry_wastage(np.array([gb + np.log(4), gb]), np.array([gb + np.log(3)] * 2), np.array([3600.0, 3600.0]))
+    assert wasted / (1e9 * 3600) == pytest.approx([1.0, 4.0])
+    # without a duration every run weighs one second
+    assert retry_wastage(np.array([gb]), np.array([gb]), np.array([np.nan]))[0] == pytest.approx(0.0)
+
+
+def test_the_trees_keep_a_task_where_their_bounds_wasted_less_on_its_held_out_runs():
+    trend = _trend()
+    rng = np.random.default_rng(0)
     tasks = np.array(["report0"] * 20 + ["report1"] * 20, dtype=object)
-    line_errors = np.random.default_rng(0).normal(0, 0.5, 40)
-    trees_better = np.r_[line_errors[:20] * 0.5, line_errors[20:] * 2.0]
-    chosen = trend_tasks(trend, tasks, trees_better, line_errors, min_history=5)
+    peaks = np.log(300 * MiB) + rng.normal(0, 0.5, 40)
+    runtimes = np.full(40, 60.0)
+    line_upper = peaks + 0.4  # always fits, 50% slack
+    trees_upper = np.r_[peaks[:20] + 0.1, peaks[20:] + 1.0]  # tighter on report0, wider on report1
+    chosen = trend_tasks(trend, tasks, trees_upper, line_upper, peaks, runtimes, min_history=5)
     assert "report0" not in chosen
     assert "report1" in chosen and "20 held-out runs of this task" in chosen["report1"]
 
 
+def test_a_tight_model_that_misses_loses_to_a_wider_one_that_fits():
+    trend = _trend()
+    tasks = np.array(["report0"] * 10, dtype=object)
+    peaks = np.full(10, np.log(1e9))
+    runtimes = np.full(10, 3600.0)
+    trees_upper = peaks + np.r_[[-0.05] * 5, [0.01] * 5]  # half the runs 5% short: killed, rerun at double
+    line_upper = peaks + 0.3
+    chosen = trend_tasks(trend, tasks, trees_upper, line_upper, peaks, runtimes, min_history=5)
+    assert "report0" in chosen, "centres: the trees are closer; costs: their misses cost whole runs"
+
+
 def test_a_task_without_held_out_runs_goes_to_its_line():
-    frame = _workflow()
-    trend = InputTrend().fit(frame["task"].to_numpy(dtype=object), frame[["feature.size"]].rename(columns=lambda c: c[8:]),
-                             np.log(frame["peak_memory_bytes"].to_numpy()))
+    trend = _trend()
     tasks = np.array(["report0"] * 20, dtype=object)
-    line_errors = np.random.default_rng(0).normal(0, 0.5, 20)
-    trees_won = trend_tasks(trend, tasks, line_errors * 0.5, line_errors, min_history=5)
+    peaks = np.log(300 * MiB) + np.random.default_rng(0).normal(0, 0.5, 20)
+    trees_won = trend_tasks(trend, tasks, peaks + 0.1, peaks + 0.4, peaks, np.full(20, 60.0), min_history=5)
     assert "report0" not in trees_won
     assert "align" in trees_won and "0 held-out runs of this task" in trees_won["align"]
 
@@ -165,3 +192,16 @@ def test_the_adapted_level_survives_save_and_load(tmp_path):
     assert loaded.adaptive_.offset == pytest.approx(advisor.adaptive_.offset) and loaded.adaptive_.observed == 50
     assert loaded.recommend("sim", input_features={"size": 5.0}).memory_bytes == \
         advisor.recommend("sim", input_features={"size": 5.0}).memory_bytes
+
+
+def test_a_task_the_trees_answer_with_too_little_confidence_goes_to_its_own_line_before_the_percentiles():
+    frame = _workflow()
+    advisor = LearnedAdvisor(min_memory="1Ki", confidence_threshold=0.4).fit(frame)
+    advisor.trend_tasks_ = {}  # as if the trees had won the choice for every task
+    rec = advisor.recommend("align", input_features={"size": 2e11})
+    peak = frame.loc[frame["task"] == "align", "peak_memory_bytes"].max()
+    assert rec.method == "learned" and "input trend" in rec.basis, rec.basis
+    assert re.search(r"the shared model's model confidence 0\.[0-3]\d below 0\.4", rec.basis), rec.basis
+    assert peak <= rec.memory_bytes <= 1.01 * peak
+    # the cpu answer is not the line's to give: it stays with the ResourceAdvisor
+    assert advisor.recommend("align", input_features={"size": 2e11}, target="cpus").method != "learned"
