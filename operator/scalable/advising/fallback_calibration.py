@@ -12,6 +12,12 @@ one task's runs), so each source gets its own margin when it has the runs to bac
 
 The held-out answers are the ResourceAdvisor's as of each run's submission: only the runs that
 had finished by then count (never one that ended after it was submitted).
+
+With an :class:`~scalable.advising.elasticity.Elasticity` (the law of memory on an input pooled
+over tasks), an answer from the task's own runs is scaled to the run's input before it is
+scored, ``(x / x_ref) ** exponent`` with ``x_ref`` the median input of the runs it came from, and
+the margin is the one under which those scaled answers fitted: the first runs to finish are
+the small ones, and the margin alone cannot know by how much a later input is larger.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from scalable.advising.calibration import conformal_quantile
+from scalable.advising.elasticity import Elasticity
 from scalable.advising.resource_advisor import usage_columns
 
 __all__ = ["FallbackCalibration", "FALLBACK_QUANTILE"]
@@ -44,6 +51,8 @@ class FallbackCalibration:
     scores: np.ndarray
     sources: np.ndarray | None = None
     quantile: float = FALLBACK_QUANTILE
+    #: how answers from a task's own runs were scaled to the run's input (None: not scaled)
+    elasticity: Elasticity | None = None
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, dtype=float)
@@ -78,11 +87,14 @@ class FallbackCalibration:
         rows: np.ndarray,
         quantile: float = FALLBACK_QUANTILE,
         use_tag_history: bool = True,
+        elasticity: Elasticity | None = None,
+        inputs: pd.DataFrame | None = None,
     ) -> "FallbackCalibration":
         """Scores of ``rows`` of ``frame`` (positions) against the answer
         :meth:`ResourceAdvisor.memory_percentile` would have given when each was submitted:
         from the task's runs that had ended strictly before, else from its tag's (a run still
-        going is unknown, and no known run is left out)."""
+        going is unknown, and no known run is left out). ``inputs`` (the input features, one
+        column each, row-aligned with ``frame``) with an ``elasticity`` scale the task answers."""
         usable = usage_columns(frame)["memory"].to_numpy(dtype=float)
         used = frame["peak_memory_bytes"].to_numpy(dtype=float, na_value=np.nan)
         submitted = frame["submitted_at"].to_numpy(dtype=float)
@@ -101,18 +113,32 @@ class FallbackCalibration:
                 hit = ~np.isnan(from_tag)
                 answer[need[hit]] = from_tag[hit]
                 source[need[hit]] = "tag"
+        scaled = elasticity if elasticity is not None and elasticity.feature is not None else None
+        if scaled is not None and inputs is not None and scaled.feature in inputs.columns:
+            x = pd.to_numeric(inputs[scaled.feature], errors="coerce").to_numpy(dtype=float, copy=True)
+            x[~(x > 0)] = np.nan
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_x = np.log(x)
+            reference = _as_of_quantiles(tasks, log_x, ended, rows, submitted, 0.5)
+            shift = scaled.exponent * (log_x[rows] - reference)
+            by_task = (source == "task") & np.isfinite(shift)
+            answer[by_task] = answer[by_task] * np.exp(shift[by_task])
+        else:
+            scaled = None
         keep = np.isfinite(answer) & (answer > 0)
         scores = np.log(used[rows[keep]] / answer[keep])
-        return cls(scores, source[keep], quantile)
+        return cls(scores, source[keep], quantile, scaled)
 
     def to_state(self) -> dict[str, Any]:
-        return {"scores": self.scores, "from_tag": self.sources == "tag", "quantile": self.quantile}
+        return {"scores": self.scores, "from_tag": self.sources == "tag", "quantile": self.quantile,
+                "elasticity": None if self.elasticity is None else self.elasticity.to_state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "FallbackCalibration":
         from_tag = np.asarray(state["from_tag"], dtype=bool)
+        stored = state.get("elasticity")  # absent in models stored before input scaling
         return cls(np.asarray(state["scores"], dtype=float), np.where(from_tag, "tag", "task").astype(object),
-                   float(state["quantile"]))
+                   float(state["quantile"]), Elasticity.from_state(stored) if stored is not None else None)
 
 
 def _as_of_quantiles(

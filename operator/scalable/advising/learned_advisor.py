@@ -39,6 +39,7 @@ from sklearn.base import BaseEstimator
 from scalable.advising import defaults
 from scalable.advising.adaptive import AdaptiveOffset
 from scalable.advising.calibration import ConformalCalibrator, conditional_quantile, conformal_quantile
+from scalable.advising.elasticity import pooled_elasticity
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
 from scalable.advising.model_choice import trend_tasks
@@ -313,8 +314,11 @@ class LearnedAdvisor(BaseEstimator):
         self.fallback_calibration_: FallbackCalibration | None = None
         if short.size:
             say("calibration: short history")
+            elasticity = pooled_elasticity(frame["task"].astype(str).to_numpy(dtype=object), trend_inputs,
+                                           targets["memory"].to_numpy())
             self.fallback_calibration_ = FallbackCalibration.measure(
-                frame, short, use_tag_history=self.fallback_.use_tag_history)
+                frame, short, use_tag_history=self.fallback_.use_tag_history, elasticity=elasticity,
+                inputs=trend_inputs)
             calibration = self.fallback_calibration_
             self.quality_["fallback"] = {"n_held_out": calibration.n, "coverage": self.coverage}
             for source in ("task", "tag"):
@@ -866,7 +870,7 @@ class LearnedAdvisor(BaseEstimator):
             predicted = round(duration, 3)
         memory_bytes, interval, basis = base.memory_bytes, base.interval, f"{reason}; ResourceAdvisor: {base.basis}"
         fallback_method = base.method
-        calibrated = self._calibrated_fallback_memory(task, tag, coverage)
+        calibrated = self._calibrated_fallback_memory(task, tag, coverage, inputs)
         if calibrated is not None:
             memory_bytes, interval, memory_basis = calibrated
             fallback_method = "calibrated_percentile"
@@ -922,11 +926,13 @@ class LearnedAdvisor(BaseEstimator):
         )
 
     def _calibrated_fallback_memory(
-        self, task: str, tag: str | None, coverage: float
+        self, task: str, tag: str | None, coverage: float, inputs: Mapping[str, Any] | None = None
     ) -> tuple[int, tuple[int, int], str] | None:
-        """Memory for a short-history task: the median its runs (else its tag's) used, times the
-        margin measured on held-out short-history runs (see :mod:`scalable.advising.fallback_calibration`).
-        None when there is no such calibration for ``coverage`` or no memory to start from."""
+        """Memory for a short-history task: the median its runs (else its tag's) used, scaled to
+        the request's input by the law pooled over tasks when the calibration was measured so,
+        times the margin measured on held-out short-history runs (see
+        :mod:`scalable.advising.fallback_calibration`). None when there is no such calibration for
+        ``coverage`` or no memory to start from."""
         calibration = getattr(self, "fallback_calibration_", None)
         if calibration is None:
             return None
@@ -941,15 +947,19 @@ class LearnedAdvisor(BaseEstimator):
         if found is None:
             return None
         margin, n_held_out = found
-        memory = max(value * margin, self.min_memory_bytes_, self._oom_floor(task))
-        memory_bytes = int(math.ceil(memory))
         whose = "this task" if source == "task" else "its tag"
         runs = "run" if n_runs == 1 else "runs"
-        basis = (
-            f"p{_percent(calibration.quantile)} of {n_runs} {runs} of {whose} ({format_memory(int(value))}) "
-            f"x{margin:.2f}, the margin under which {_percent(coverage)}% of {n_held_out} held-out runs "
-            f"with short history fitted"
-        )
+        basis = f"p{_percent(calibration.quantile)} of {n_runs} {runs} of {whose} ({format_memory(int(value))})"
+        law = calibration.elasticity
+        shift = law.log_factor(task, dict(inputs or {})) if law is not None and source == "task" else 0.0
+        if shift != 0.0:
+            value = value * math.exp(min(shift, 700.0))
+            basis += (f" scaled to this input by {law.feature}^{law.exponent:.2f} (x{math.exp(shift):.2f}; the law "
+                      f"pooled over {law.n_tasks} tasks, {law.n_runs} runs) to {format_memory(int(value))}")
+        memory = max(value * margin, self.min_memory_bytes_, self._oom_floor(task))
+        memory_bytes = int(math.ceil(memory))
+        basis += (f" x{margin:.2f}, the margin under which {_percent(coverage)}% of {n_held_out} held-out runs "
+                  f"with short history fitted")
         if memory > value * margin:
             basis += "; raised to the minimum or an OOM floor"
         return memory_bytes, (int(value), memory_bytes), basis
