@@ -42,7 +42,7 @@ from scalable.advising.calibration import ConformalCalibrator, conditional_quant
 from scalable.advising.elasticity import pooled_elasticity
 from scalable.advising.fallback_calibration import FallbackCalibration
 from scalable.advising.features import FEATURE_PREFIX, FeatureEncoder, HistoryLog, log_targets, pack_history, unpack_history
-from scalable.advising.model_choice import trend_tasks
+from scalable.advising.model_choice import margin_forms, trend_tasks
 from scalable.advising.recommendation import Recommendation, after_oom_kill, with_memory
 from scalable.advising.resource_advisor import TARGETS, ResourceAdvisor
 from scalable.advising.trend import InputTrend, TaskTrend, positive_number
@@ -224,8 +224,9 @@ class LearnedAdvisor(BaseEstimator):
         say("input trends")
         trend_inputs = frame[[c for c in frame.columns if c.startswith(FEATURE_PREFIX)]]
         trend_inputs = trend_inputs.rename(columns=lambda c: c[len(FEATURE_PREFIX):])
-        self.trend_ = InputTrend().fit(frame["task"].astype(str).to_numpy(dtype=object), trend_inputs,
-                                       targets["memory"].to_numpy())
+        runtimes = np.exp(targets["duration"].to_numpy())
+        self.trend_ = InputTrend(coverage=self.coverage).fit(frame["task"].astype(str).to_numpy(dtype=object),
+                                                             trend_inputs, targets["memory"].to_numpy(), runtimes)
 
         n = len(frame)
         n_cal = int(round(n * self.calibration_fraction))
@@ -283,12 +284,16 @@ class LearnedAdvisor(BaseEstimator):
             )
             earlier = np.arange(0, n - n_cal)
             task_names = frame["task"].astype(str).to_numpy(dtype=object)
-            earlier_lines = InputTrend().fit(task_names[earlier], trend_inputs.iloc[earlier],
-                                             targets["memory"].to_numpy()[earlier])
+            earlier_lines = InputTrend(coverage=self.coverage).fit(
+                task_names[earlier], trend_inputs.iloc[earlier], targets["memory"].to_numpy()[earlier], runtimes[earlier])
             model_upper = centre + self.calibrator_.thresholds(tasks, self.coverage) * spread
-            line_upper = earlier_lines.upper_log(tasks, trend_inputs.iloc[memory_cal], self.coverage)
-            runtimes = np.exp(targets["duration"].to_numpy()[memory_cal])
-            self.trend_tasks_ = trend_tasks(self.trend_, tasks, model_upper, line_upper, y_cal, runtimes,
+            held_inputs = trend_inputs.iloc[memory_cal]
+            forms = margin_forms(tasks, earlier_lines.upper_log(tasks, held_inputs, self.coverage, margin="log"),
+                                 earlier_lines.upper_log(tasks, held_inputs, self.coverage, margin="bytes"),
+                                 y_cal, runtimes[memory_cal])
+            self.trend_.with_margins(forms)
+            line_upper = earlier_lines.with_margins(forms).upper_log(tasks, held_inputs, self.coverage)
+            self.trend_tasks_ = trend_tasks(self.trend_, tasks, model_upper, line_upper, y_cal, runtimes[memory_cal],
                                             self.min_history)
             self.quality_["memory"]["tasks_answered_by_their_input_trend"] = len(self.trend_tasks_)
         if "cpus" in self.models_:

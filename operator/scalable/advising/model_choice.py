@@ -13,7 +13,7 @@ what a user pays for is the upper bound, and a run below its peak is killed and 
 Each held-out run is given each model's upper bound at the advisor's coverage; a bound below
 the run's peak costs that allocation for the run's duration and is retried at double until it
 fits, and the attempt that fits costs its allocation above the peak for the duration
-(:func:`retry_wastage`, the replay rule of ``benchmarks/bench_nextflow.py``). So a line that is
+(:func:`~scalable.advising.wastage.retry_wastage`, the replay rule of ``benchmarks/bench_nextflow.py``). So a line that is
 close on average but wide, or trees that are tight but miss, lose to the model that wastes
 less memory-time on this task's own runs:
 
@@ -34,28 +34,33 @@ import numpy as np
 import pandas as pd
 
 from scalable.advising.trend import InputTrend
+from scalable.advising.wastage import retry_wastage
 
-__all__ = ["MIN_COMPARED", "retry_wastage", "trend_tasks"]
+__all__ = ["MIN_COMPARED", "margin_forms", "trend_tasks"]
 
 #: held-out runs of a task on which both models must be measured for the comparison to count
 MIN_COMPARED = 5
 
-#: a run without a recorded duration counts as this many seconds (every run weighs the same)
-UNTIMED_RUN_S = 1.0
-
-
-def retry_wastage(upper_log: np.ndarray, log_peak: np.ndarray, runtime_s: np.ndarray) -> np.ndarray:
-    """Byte-seconds each run would waste if first given ``exp(upper_log)`` and, each time that
-    is below its peak, killed and run again at double: every failed attempt costs its whole
-    allocation for the run's duration, the one that fits its allocation above the peak."""
-    allocation = np.exp(np.minimum(np.asarray(upper_log, dtype=float), 700.0))
-    peak = np.exp(np.asarray(log_peak, dtype=float))
-    runtime = np.asarray(runtime_s, dtype=float)
-    runtime = np.where(np.isfinite(runtime) & (runtime > 0), runtime, UNTIMED_RUN_S)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        doublings = np.maximum(np.ceil(np.log2(peak / allocation)), 0.0)
-        fits_at = allocation * np.exp2(doublings)
-        return (allocation * (np.exp2(doublings) - 1.0) + (fits_at - peak)) * runtime
+def margin_forms(
+    held_out_tasks: np.ndarray,
+    by_factor: np.ndarray,
+    by_amount: np.ndarray,
+    log_peaks: np.ndarray,
+    runtimes_s: np.ndarray,
+    min_compared: int = MIN_COMPARED,
+) -> dict[str, str]:
+    """Per task with at least ``min_compared`` held-out runs, the margin form ("log": a factor
+    on the line, "bytes": an amount added to it) whose upper bounds, from lines fitted on the
+    earlier runs, would have wasted less on them. Each line picks a form on its own runs
+    (left-one-out), but those runs were all seen by the fit; the later runs say which form
+    holds when inputs move on."""
+    held = pd.DataFrame({"task": np.asarray(held_out_tasks, dtype=object).astype(str),
+                         "log": retry_wastage(by_factor, log_peaks, runtimes_s),
+                         "bytes": retry_wastage(by_amount, log_peaks, runtimes_s)})
+    held = held[np.isfinite(held["log"]) & np.isfinite(held["bytes"])]
+    sums = held.groupby("task", sort=False).agg(n=("log", "size"), log=("log", "sum"), bytes=("bytes", "sum"))
+    sums = sums[sums["n"] >= min_compared]
+    return {str(task): ("bytes" if row["bytes"] < row["log"] else "log") for task, row in sums.iterrows()}
 
 
 def trend_tasks(

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from scalable.advising.calibration import conditional_quantile, conformal_quantile
+from scalable.advising.wastage import retry_wastage
 
 __all__ = ["InputTrend", "TaskTrend", "MAX_SLOPE", "positive_number"]
 
@@ -66,6 +67,8 @@ class TaskTrend:
     x_max: float = 0.0
     #: "power": log peak = intercept + slope log x; "linear": peak = intercept + slope x
     form: str = "power"
+    #: how the task's own errors widen it: "log" (a factor on the centre) or "bytes" (an amount added)
+    margin: str = "log"
 
     def _u(self, x: float) -> float:
         return math.log(x) if self.form == "power" else x
@@ -140,18 +143,23 @@ def _mean(y: np.ndarray) -> tuple[float, np.ndarray]:
 class InputTrend:
     """Per task lines of peak memory on an input size; see the module docstring.
 
-    ``min_runs`` is the fewest runs of a task it fits anything for.
+    ``min_runs`` is the fewest runs of a task it fits anything for; ``coverage`` the level at
+    which a task's two margin forms are compared (:meth:`_margin_form`).
     """
 
-    def __init__(self, min_runs: int = 3) -> None:
+    def __init__(self, min_runs: int = 3, coverage: float = 0.95) -> None:
         self.min_runs = min_runs
+        self.coverage = coverage
 
-    def fit(self, tasks: Sequence[str], inputs: pd.DataFrame, log_memory: np.ndarray) -> "InputTrend":
+    def fit(self, tasks: Sequence[str], inputs: pd.DataFrame, log_memory: np.ndarray,
+            runtimes_s: np.ndarray | None = None) -> "InputTrend":
         """``inputs`` has one column per input feature (row-aligned with ``tasks``), ``log_memory``
-        the runs' log peaks (NaN: not a usable observation). A task's latest ``RECENT_RUNS``
-        usable runs are what its line is fitted on: the law a task follows now."""
+        the runs' log peaks (NaN: not a usable observation), ``runtimes_s`` their durations (what
+        an answer's waste is weighed by; None: every run the same). A task's latest
+        ``RECENT_RUNS`` usable runs are what its line is fitted on: the law a task follows now."""
         tasks = np.asarray(tasks, dtype=object)
         log_memory = np.asarray(log_memory, dtype=float)
+        runtimes = np.full(len(tasks), np.nan) if runtimes_s is None else np.asarray(runtimes_s, dtype=float)
         numeric = {}
         for name in inputs.columns:
             values = pd.to_numeric(inputs[name], errors="coerce").to_numpy(dtype=float, copy=True)
@@ -162,7 +170,7 @@ class InputTrend:
         order = usable[np.argsort(tasks[usable].astype(str), kind="stable")]
         names = tasks[order].astype(str)
         starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(order) else np.zeros(0, dtype=int)
-        fits: dict[str, tuple[TaskTrend, np.ndarray]] = {}
+        fits: dict[str, tuple[TaskTrend, np.ndarray, np.ndarray, np.ndarray]] = {}
         for start, end in zip(starts, np.r_[starts[1:], len(order)]):
             rows = order[start:end][-RECENT_RUNS:]
             if len(rows) < self.min_runs:
@@ -183,19 +191,52 @@ class InputTrend:
             dof = len(rows) - (2 if name is not None else 1)
             sigma = float(np.sqrt((loo**2).sum() / len(rows))) if dof > 0 else float("nan")
             trend = TaskTrend(name, intercept, slope, len(rows), sigma, mean_u, suu, x_max, form)
-            fits[str(names[start])] = (trend, loo)
-        known = [t.sigma for t, _ in fits.values() if math.isfinite(t.sigma)]
+            fits[str(names[start])] = (trend, loo, y, runtimes[rows])
+        known = [t.sigma for t, *_ in fits.values() if math.isfinite(t.sigma)]
         self.pooled_sigma_ = max(float(np.median(known)) if known else MIN_SIGMA, MIN_SIGMA)
         self.trends_: dict[str, TaskTrend] = {}
         self.task_errors_: dict[str, np.ndarray] = {}
+        self.task_byte_errors_: dict[str, np.ndarray] = {}
         scores = []
-        for task, (trend, loo) in fits.items():
+        for task, (trend, loo, y, runtime) in fits.items():
             trend = self._shrunk(trend)
-            self.trends_[task] = trend
             scores.append(loo / trend.sigma)
             self.task_errors_[task] = np.sort(loo)
+            self.task_byte_errors_[task] = np.sort(np.exp(y) - np.exp(y - loo))
+            margin = self._margin_form(task, loo, y, runtime)
+            self.trends_[task] = trend if margin == trend.margin else TaskTrend(**{**asdict(trend), "margin": margin})
         self.scores_ = np.sort(np.concatenate(scores)) if scores else np.zeros(0)
         return self
+
+    def _margin_form(self, task: str, loo: np.ndarray, y: np.ndarray, runtime: np.ndarray) -> str:
+        """"bytes" when an amount added to the centre would have wasted less on the task's own
+        runs than a factor on it, both at ``coverage`` from its left-one-out errors, else "log".
+
+        Where a task's large runs are steady and its small ones erratic (methylseq's
+        BISMARK_METHYLATIONEXTRACTOR: 0.6 GB to 1.8 TB read), one factor wide enough for the
+        small runs doubles the large ones, which hold the memory for hours; an amount enough
+        for the large runs is generous but cheap on the small. Both are conformal quantiles of
+        the same left-one-out errors, so either keeps the promise on the task's runs."""
+        log_errors = np.sort(loo)
+        byte_errors = self.task_byte_errors_[task]
+        q_log = conformal_quantile(log_errors, self.coverage)
+        q_bytes = conformal_quantile(byte_errors, self.coverage)
+        if not (math.isfinite(q_log) and math.isfinite(q_bytes)):
+            return "log"
+        predicted = y - loo
+        by_factor = retry_wastage(predicted + max(q_log, 0.0), y, runtime).sum()
+        by_amount = retry_wastage(np.log(np.maximum(np.exp(predicted) + max(q_bytes, 0.0), 1.0)), y, runtime).sum()
+        return "bytes" if by_amount < by_factor else "log"
+
+    def _own_upper(self, trend: TaskTrend, task: str, centre: float, x: float | None, coverage: float) -> float | None:
+        """The log upper bound from the task's own errors, in its margin form; None without enough of them."""
+        own = self._own(task, coverage)
+        if own is None:
+            return None
+        if trend.margin == "bytes" and task in self.task_byte_errors_:
+            q = max(conformal_quantile(self.task_byte_errors_[task], coverage), 0.0)
+            return math.log(max(math.exp(min(centre, 700.0)) + q * self._scale(trend, x), 1.0))
+        return centre + max(conformal_quantile(own, coverage), 0.0) * self._scale(trend, x)
 
     def _shrunk(self, trend: TaskTrend) -> TaskTrend:
         dof = max(trend.degrees_of_freedom, 0)
@@ -219,9 +260,20 @@ class InputTrend:
                 out[i] = trend.centre(x if math.isfinite(x) and x > 0 else None)
         return out
 
-    def upper_log(self, tasks: Sequence[str], inputs: pd.DataFrame, coverage: float) -> np.ndarray:
+    def with_margins(self, forms: Mapping[str, str]) -> "InputTrend":
+        """The same lines with the margin form of the tasks in ``forms`` replaced (the form a
+        time hold-out preferred, see :func:`scalable.advising.model_choice.margin_forms`)."""
+        for task, form in forms.items():
+            trend = self.trends_.get(task)
+            if trend is not None and trend.margin != form:
+                self.trends_[task] = TaskTrend(**{**asdict(trend), "margin": form})
+        return self
+
+    def upper_log(self, tasks: Sequence[str], inputs: pd.DataFrame, coverage: float,
+                  margin: str | None = None) -> np.ndarray:
         """Each row's log upper bound on its task's line at ``coverage`` (NaN without a line): what
-        :meth:`upper` answers, for many rows at once; ``inputs`` as in :meth:`fit`."""
+        :meth:`upper` answers, for many rows at once; ``inputs`` as in :meth:`fit`. ``margin``
+        ("log" or "bytes") overrides each task's own margin form."""
         tasks = np.asarray(tasks, dtype=object).astype(str)
         out = np.full(len(tasks), np.nan)
         columns = {str(c): pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float) for c in inputs.columns}
@@ -229,14 +281,16 @@ class InputTrend:
             trend = self.trends_.get(str(task))
             if trend is None:
                 continue
+            if margin is not None and margin != trend.margin:
+                trend = TaskTrend(**{**asdict(trend), "margin": margin})
             values = columns.get(trend.feature) if trend.feature is not None else None
-            own = self._own(str(task), coverage)
-            q = max(conformal_quantile(own, coverage), 0.0) if own is not None else self.quantile(trend, coverage)[0]
+            pooled_q = self.quantile(trend, coverage)[0]
             for i in rows:
                 x = values[i] if values is not None else math.nan
                 x = x if math.isfinite(x) and x > 0 else None
-                scale = self._scale(trend, x) if own is not None else trend.sigma * math.sqrt(1.0 + trend.leverage(x))
-                out[i] = trend.centre(x) + q * scale
+                centre = trend.centre(x)
+                own = self._own_upper(trend, str(task), centre, x, coverage)
+                out[i] = own if own is not None else centre + pooled_q * trend.sigma * math.sqrt(1.0 + trend.leverage(x))
         return out
 
     def _input(self, trend: TaskTrend, features: Mapping[str, Any]) -> float | None:
@@ -312,11 +366,11 @@ class InputTrend:
             return None
         x = self._input(trend, features)
         centre = trend.centre(x)
-        own = self._own(task, coverage)
+        own = self._own_upper(trend, task, centre, x, coverage)
         if own is not None:
-            q = conformal_quantile(own, coverage)
-            method = f"conformal on this task's {own.size} left-one-out errors"
-            return centre, centre + max(q, 0.0) * self._scale(trend, x), trend, method
+            n = self.task_errors_[task].size
+            how = " in bytes (added, not a factor: less waste on its runs)" if trend.margin == "bytes" else ""
+            return centre, own, trend, f"conformal on this task's {n} left-one-out errors{how}"
         q, method = self.quantile(trend, coverage)
         return centre, centre + q * trend.sigma * math.sqrt(1.0 + trend.leverage(x)), trend, method
 
@@ -329,18 +383,25 @@ class InputTrend:
             "error_tasks": list(self.task_errors_),
             "error_counts": np.array([e.size for e in self.task_errors_.values()], dtype=np.int64),
             "errors": (np.concatenate(list(self.task_errors_.values())) if self.task_errors_ else np.zeros(0)),
+            "byte_errors": (np.concatenate([self.task_byte_errors_[t] for t in self.task_errors_])
+                            if self.task_errors_ else np.zeros(0)),
+            "coverage": self.coverage,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "InputTrend":
-        trend = cls(int(state["min_runs"]))
+        trend = cls(int(state["min_runs"]), float(state.get("coverage", 0.95)))
         trend.pooled_sigma_ = float(state["pooled_sigma"])
         trend.scores_ = np.asarray(state["scores"], dtype=float)
         trend.trends_ = {task: TaskTrend(**fields) for task, fields in state["trends"].items()}
         trend.task_errors_ = {}
+        trend.task_byte_errors_ = {}
         if "errors" in state:  # absent in models stored before per-task intervals
             errors = np.asarray(state["errors"], dtype=float)
             ends = np.cumsum(np.asarray(state["error_counts"], dtype=np.int64))
+            byte_errors = np.asarray(state["byte_errors"], dtype=float) if "byte_errors" in state else None
             for task, end, count in zip(state["error_tasks"], ends, state["error_counts"]):
                 trend.task_errors_[str(task)] = errors[end - count:end]
+                if byte_errors is not None:
+                    trend.task_byte_errors_[str(task)] = byte_errors[end - count:end]
         return trend

@@ -10,7 +10,8 @@ import pytest
 import pandas as pd
 
 from scalable.advising.learned_advisor import LearnedAdvisor
-from scalable.advising.model_choice import retry_wastage, trend_tasks
+from scalable.advising.model_choice import trend_tasks
+from scalable.advising.wastage import retry_wastage
 from scalable.advising.trend import InputTrend
 from scalable.units import MiB
 
