@@ -306,6 +306,7 @@ def _refreshed(model_dir: Path, version: str, runs_dir: Path, previous: Any) -> 
     import copy
     import logging
 
+    from scalable.advising.adaptive_checkpoint import load_checkpoint, save_checkpoint
     from scalable.advising.learned_advisor import LearnedAdvisor
     from scalable.telemetry.loader import load_tasks
 
@@ -313,14 +314,23 @@ def _refreshed(model_dir: Path, version: str, runs_dir: Path, previous: Any) -> 
     if previous is not None and getattr(previous, "adaptive_", None) is not None:
         advisor.adaptive_ = copy.deepcopy(previous.adaptive_)
         advisor.observed_until_ = previous.observed_until_
+    else:
+        # a restart (or another replica taking over): go on from the offset as last applied
+        found = load_checkpoint(model_dir, MODEL_NAME, version)
+        if found is not None:
+            advisor.adaptive_, advisor.observed_until_ = found
+    log = logging.getLogger("scalable.controller.training")
     try:
         frame = load_tasks(runs_dir).frame
         if len(frame):
             advisor.update(frame)
     except Exception as exc:  # noqa: BLE001 - serving the stored model beats serving none
-        logging.getLogger("scalable.controller.training").warning(
-            "model %s %s not refreshed from %s: %s: %s", model_dir, version, runs_dir, type(exc).__name__, exc)
+        log.warning("model %s %s not refreshed from %s: %s: %s", model_dir, version, runs_dir, type(exc).__name__, exc)
         return previous if previous is not None else LearnedAdvisor.load(model_dir, MODEL_NAME, version)
+    try:
+        save_checkpoint(model_dir, MODEL_NAME, version, advisor)
+    except OSError as exc:  # a read-only or full volume: the offset still applies in memory
+        log.warning("adaptive offset of %s %s not checkpointed: %s", model_dir, version, exc)
     return advisor
 
 
