@@ -60,6 +60,9 @@ def test_the_demo_scales_real_pods_sizes_them_and_tears_down(tmp_path):
 
     # The recommendation, from the AdvisorModel trained on the pushed history.
     assert "Recommendation for the Dask workers" in out and "AdvisorModel sweep-model: phase" in out
+    # The learned model answers (its input trend on 60 records), with a confidence of its own.
+    assert summary["recommendation"]["method"] == "learned", summary["recommendation"]
+    assert 0.2 <= summary["recommendation"]["confidence"] <= 1.0, summary["recommendation"]
     memory = summary["recommendation"]["memory"]
     limits = summary["template"]["limits"]
 
