@@ -16,6 +16,8 @@ from tests.integration.harness import (
     condition,
     create,
     create_dask_cluster,
+    dask_cluster,
+    dask_worker_group,
     delete,
     get,
     operator_options,
@@ -58,6 +60,34 @@ async def test_sizing_reaches_the_default_worker_group_clamped(kube_api, namespa
         events = await wait_until(lambda: _events(kube_api, namespace, "wf"), what="an Event")
         resized = [e for e in events if e["reason"] == "Resized"]
         assert resized and "memory unset -> 4Gi" in resized[0]["message"] and "capped at maxAllowed 4Gi" in resized[0]["message"]
+
+
+async def test_requests_only_keeps_the_containers_limits_and_caps_the_request_at_them(kube_api, namespace, tmp_path):
+    write_history(tmp_path / namespace / "runs", peak_gib=5.0, n=40)
+    limits = {"cpu": "3", "memory": "3Gi"}
+    for obj in (dask_cluster("sim"), dask_worker_group("sim-default", "sim")):
+        obj["spec"]["worker"]["spec"]["containers"][0]["resources"] = {"limits": dict(limits)}
+        await create(kube_api, namespace, obj)
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 4,
+               "resourcePolicy": {"mode": "Initial", "controlledValues": "RequestsOnly"}}]
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling={"mode": "Off"}))
+    async with running_operator(operator_options(namespace, tmp_path)):
+        group = await wait_until(lambda: _requested(kube_api, namespace, "DaskWorkerGroup", "sim-default"),
+                                 what="DaskWorkerGroup requests written")
+        resources = _worker_resources(group)
+        assert resources["limits"] == limits, "RequestsOnly never touches the limits"
+        # the history peaks near 5 GiB: the request would exceed the 3Gi limit, so it is capped there
+        assert resources["requests"]["memory"] == "3Gi", resources
+        wf = await wait_until(lambda: _with_condition(kube_api, namespace, "Sized", "True"), what="Sized=True")
+        rec = wf["status"]["groups"][0]["recommendation"]
+        assert parse_memory(rec["uncappedTarget"]["memory"]) > 4 * 2**30, rec
+        events = [e for e in await _events(kube_api, namespace, "wf") if e["reason"] == "Resized"]
+        assert events and "capped at the container's limit 3Gi (controlledValues RequestsOnly)" in events[0]["message"]
+
+
+async def _requested(api, namespace, kind, name):
+    obj = await get(api, namespace, kind, name)
+    return obj if obj and (_worker_resources(obj) or {}).get("requests") else None
 
 
 async def _sized(api, namespace, kind, name):

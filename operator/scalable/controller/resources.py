@@ -145,6 +145,11 @@ class ResourceMode(str, enum.Enum):
     Auto = "Auto"
 
 
+class ControlledValues(str, enum.Enum):
+    RequestsAndLimits = "RequestsAndLimits"
+    RequestsOnly = "RequestsOnly"
+
+
 class ResourceBounds(_Spec):
     cpu: Quantity | None = None
     memory: Quantity | None = None
@@ -157,6 +162,11 @@ class ResourcePolicy(_Spec):
     minAllowed: ResourceBounds = Field(default_factory=ResourceBounds)
     maxAllowed: ResourceBounds = Field(default_factory=ResourceBounds)
     containerName: str = Field(default="worker", description="The Dask worker container in the pod template.")
+    controlledValues: ControlledValues = Field(
+        default=ControlledValues.RequestsAndLimits,
+        description="RequestsAndLimits (default): requests = limits = the recommendation (Guaranteed QoS; Dask's memory "
+                    "limit follows the container's). RequestsOnly: requests only; the container's own limits stay, and a "
+                    "request above one of them is capped at it (as VPA's controlledValues).")
 
 
 class WorkerGroup(_Spec):
@@ -318,12 +328,23 @@ class ScalableWorkflowSpec(_Spec):
         )
 
 
+class UncappedTarget(_Spec):
+    """Status only, written by the operator: plain strings (a CEL quantity rule per status field
+    would cost more than the API server's validation budget allows)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+
 class Recommendation(_Spec):
     cpu: str | None = None
     memory: str | None = Field(default=None, description="The target memory the worker template gets.")
     lowerBound: str | None = Field(default=None, description="Low end of the advisor's interval of the task's peak memory (capped by the "
                                    "resource policy); absent when the advisor gives no interval.")
     upperBound: str | None = Field(default=None, description="High end of that interval (capped by the resource policy); at least the target.")
+    uncappedTarget: UncappedTarget | None = Field(
+        default=None, description="What the advisor recommended before minAllowed, maxAllowed and the floors a Dask worker "
+                                  "needs (as VPA's uncappedTarget): where it differs from cpu/memory, the policy decided.")
     confidence: float | None = None
     method: str | None = None
     basis: str | None = None

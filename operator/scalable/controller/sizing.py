@@ -10,6 +10,9 @@ Pure functions, so every rule here is unit-tested without a cluster:
   Dask's own memory management (spill, pause, restart at 95 %) agree with the number we learned;
   a limit far above the request would let a worker outgrow its node and be OOM-killed by the
   kernel instead of spilling.
+* **controlledValues** ``RequestsOnly`` (as VPA's): only requests are written; the container's
+  own limits stay, and a request above one of them is capped at it (a request above its
+  limit is refused by the API server). Dask then takes its memory limit from that limit.
 * **when to write**: ``Off`` never; ``Initial`` once per workflow generation (the template is
   sized when the workflow is created or its spec changes); ``Auto`` also whenever the
   recommendation moves by more than 10 % (e.g. after a retrain). In every mode only *new*
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scalable.controller.dask_objects import (
@@ -48,6 +51,7 @@ __all__ = [
     "memory_bounds",
     "should_apply",
     "template_patch",
+    "under_limits",
 ]
 
 MIN_CPU = 0.1
@@ -132,6 +136,34 @@ def clamp(cpus: float, memory_bytes: float, min_allowed: Any = None, max_allowed
     return Sized(cpu_value, int(mem_value), float(cpus), int(memory_bytes), tuple(bounded))
 
 
+def under_limits(sized: Sized, container: Mapping[str, Any], controlled: str = "RequestsAndLimits") -> Sized:
+    """``sized`` for ``container`` under ``controlled``: with ``RequestsOnly`` its requests are
+    capped at the limits the container keeps (and each cap is named); unchanged otherwise."""
+    if controlled != "RequestsOnly":
+        return sized
+    current = ContainerResources.of(container)
+    cpus, memory, bounded = sized.cpus, sized.memory_bytes, list(sized.bounded_by)
+    if current.cpu_limit is not None and cpus > current.cpu_limit:
+        cpus = current.cpu_limit
+        bounded.append(f"cpu capped at the container's limit {format_cpu(cpus)} (controlledValues RequestsOnly)")
+    if current.memory_limit is not None and memory > current.memory_limit:
+        memory = current.memory_limit
+        bounded.append(f"memory capped at the container's limit {exact_memory(memory)} (controlledValues RequestsOnly)")
+    return replace(sized, cpus=cpus, memory_bytes=memory, bounded_by=tuple(bounded))
+
+
+def resources_for(sized: Sized, container: Mapping[str, Any], controlled: str = "RequestsAndLimits") -> dict[str, Any]:
+    """The container's new ``resources`` block: :attr:`Sized.resources` (requests = limits), or
+    with ``RequestsOnly`` the requests alone beside the limits the container had."""
+    if controlled != "RequestsOnly":
+        return sized.resources
+    block: dict[str, Any] = {"requests": sized.resources["requests"]}
+    limits = ((container or {}).get("resources") or {}).get("limits")
+    if limits:
+        block["limits"] = dict(limits)
+    return block
+
+
 def memory_bounds(interval: tuple[int, int] | None, target: Sized, min_allowed: Any = None,
                   max_allowed: Any = None) -> dict[str, str]:
     """``lowerBound`` / ``upperBound`` memory of a recommendation, as the VPA's status has them.
@@ -206,18 +238,20 @@ def template_patch(
     workflow_key: str,
     generation: int,
     model: str | None = None,
+    controlled: str = "RequestsAndLimits",
 ) -> list[dict[str, Any]]:
     """JSON patch that sets the worker container's resources in ``obj``'s pod template.
 
     ``obj`` is a DaskCluster or DaskWorkerGroup. The patch also writes this workflow's
     :class:`SizedMark` (with the AdvisorModel version ``model``), which :func:`should_apply`
-    reads back.
+    reads back. ``controlled`` is the policy's controlledValues (:func:`resources_for`).
     """
-    index, _ = find_container(worker_pod_spec(obj), container_name)
+    index, container = find_container(worker_pod_spec(obj), container_name)
     mark = SizedMark(workflow_key, generation, sized.cpu, sized.memory, model).encode()
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": f"{WORKER_POD_SPEC}/containers/{index}/name", "value": container_name},
-        {"op": "add", "path": f"{WORKER_POD_SPEC}/containers/{index}/resources", "value": sized.resources},
+        {"op": "add", "path": f"{WORKER_POD_SPEC}/containers/{index}/resources",
+         "value": resources_for(sized, container, controlled)},
     ]
     if (obj.get("metadata") or {}).get("annotations") is None:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION_SIZED: mark}})

@@ -44,7 +44,7 @@ from scalable.controller.dask_objects import (
 from scalable.controller.scaling_loop import PollDeps, _features, make_scaler, poll_once
 from scalable.controller.timestamps import precise_time
 from scalable.scaling.history import ScalingHistory
-from scalable.units import QuantityError, exact_memory, format_memory, parse_memory
+from scalable.units import QuantityError, exact_memory, format_cpu, format_memory, parse_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
 
@@ -143,6 +143,7 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
             "cpu": group_sized.cpu, "memory": group_sized.memory, "confidence": round(float(rec.confidence), 4),
             "method": rec.method, "basis": basis[:1000], "modelVersion": getattr(rec, "model_version", None) or model_version,
             **sizing.memory_bounds(getattr(rec, "interval", None), group_sized, policy.minAllowed, policy.maxAllowed),
+            "uncappedTarget": {"cpu": format_cpu(float(cpus)), "memory": exact_memory(int(rec.memory_bytes))},
         }
         m = rt.metrics
         labels = (namespace, body["metadata"]["name"], group.name)
@@ -168,13 +169,15 @@ async def size_groups(rt: Runtime, body: Mapping[str, Any], spec: ScalableWorkfl
         for kind, obj_name, obj in templates:
             try:
                 _, container = find_container(worker_pod_spec(obj), policy.containerName)
-                ok, why = sizing.should_apply(policy.mode, container, group_sized, SizedMark.read(obj, key), generation,
+                controlled = policy.controlledValues
+                here = sizing.under_limits(group_sized, container, controlled)
+                ok, why = sizing.should_apply(policy.mode, container, here, SizedMark.read(obj, key), generation,
                                               model_version, oom_killed_at=killed_at or None)
                 if not ok:
                     held_because.append(why)
                     continue
-                change = sizing.describe_change(container, group_sized, rec.basis)
-                ops = sizing.template_patch(obj, policy.containerName, group_sized, key, generation, model_version)
+                change = sizing.describe_change(container, here, rec.basis)
+                ops = sizing.template_patch(obj, policy.containerName, here, key, generation, model_version, controlled)
                 await rt.kube.json_patch(kind, namespace, obj_name, ops)
                 written = written or (change, why)
             except TemplateError as exc:

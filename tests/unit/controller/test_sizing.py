@@ -167,3 +167,33 @@ def test_a_template_an_oom_kill_proved_too_small_is_resized_in_initial_mode_too(
     bigger = {"name": "worker", "resources": {"limits": {"cpu": "1", "memory": "3Gi"}}}
     assert not sizing.should_apply("Initial", bigger, retry, _mark(1), 1, None, oom_killed_at=GiB)[0], \
         "a template already above the kill is not the one that was killed"
+
+
+def test_requests_only_writes_requests_beside_the_limits_the_container_keeps():
+    obj = _cluster(resources={"limits": {"cpu": "4", "memory": "8Gi"}})
+    container = obj["spec"]["worker"]["spec"]["containers"][0]
+    sized = sizing.under_limits(sizing.clamp(2, 6 * GiB), container, "RequestsOnly")
+    patched = jsonpatch.apply_patch(obj, sizing.template_patch(obj, "worker", sized, "ns/wf", 1, None, "RequestsOnly"))
+    assert patched["spec"]["worker"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+
+
+def test_requests_only_caps_a_request_at_the_containers_limit_and_says_so():
+    container = {"name": "worker", "resources": {"limits": {"cpu": "1", "memory": "3Gi"}}}
+    sized = sizing.under_limits(sizing.clamp(2, 5 * GiB), container, "RequestsOnly")
+    assert (sized.cpus, sized.memory_bytes) == (1.0, 3 * GiB)
+    assert "memory capped at the container's limit 3Gi (controlledValues RequestsOnly)" in sized.bounded_by
+    assert sized.recommended_memory_bytes == 5 * GiB, "what the advisor said is kept for uncappedTarget"
+
+
+def test_requests_only_without_limits_writes_requests_alone():
+    obj = _cluster()
+    sized = sizing.under_limits(sizing.clamp(2, 6 * GiB), {"name": "worker"}, "RequestsOnly")
+    patched = jsonpatch.apply_patch(obj, sizing.template_patch(obj, "worker", sized, "ns/wf", 1, None, "RequestsOnly"))
+    assert patched["spec"]["worker"]["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "6Gi"}}
+
+
+def test_requests_and_limits_ignores_the_old_limits():
+    container = {"name": "worker", "resources": {"limits": {"cpu": "1", "memory": "3Gi"}}}
+    sized = sizing.clamp(2, 5 * GiB)
+    assert sizing.under_limits(sized, container, "RequestsAndLimits") is sized
