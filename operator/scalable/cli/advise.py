@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 
 from scalable.cli.errors import fail
-from scalable.cli.options import ModelType, OutputFormat, coverage_value, format_option, runs_dir_value
+from scalable.cli.options import AdvisorKind, ModelType, OutputFormat, coverage_value, format_option, runs_dir_value
 
 
 def parse_input(items: list[str]) -> dict[str, Any]:
@@ -74,27 +74,24 @@ def register(app: typer.Typer) -> None:
         model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="use a stored model instead of training"),
         model_type: ModelType = typer.Option(ModelType.gradient_boosting, "--model-type", help="LearnedAdvisor model"),
         coverage: float = typer.Option(0.95, "--coverage", help="share of future runs the memory must fit"),
-        advisor: str = typer.Option("learned", "--advisor", help="learned or percentile"),
+        advisor: AdvisorKind = typer.Option(AdvisorKind.learned, "--advisor", case_sensitive=False,
+                                            help="the learned model (percentiles where history is short) or percentiles alone"),
         output: OutputFormat = format_option(),
         failed_memory: Optional[str] = typer.Option(
             None, "--failed-memory", help="the last attempt was OOM-killed at this memory (e.g. 4Gi): size the retry"),
     ) -> None:
         """Recommend cpus and memory for the next run of a task."""
         coverage = coverage_value(coverage)
-        if advisor not in ("learned", "percentile"):
-            raise fail(f"--advisor must be learned or percentile, got {advisor!r}")
         if failed_memory is not None:
             from scalable.units import QuantityError, parse_memory
 
-            if advisor != "learned":
-                raise fail("--failed-memory needs the learned advisor (it sizes the retry from the model's calibration)")
             try:
                 parse_memory(failed_memory)
             except QuantityError as exc:
                 raise fail(f"--failed-memory: {exc}") from None
         features = parse_input(input)
         rec = _recommend(task, features, _runs_dir(runs_dir), runs_dir is not None, model_dir, model_type.value,
-                         coverage, advisor, failed_memory)
+                         coverage, advisor.value, failed_memory)
         if output is OutputFormat.json:
             typer.echo(json.dumps(rec.as_dict(), indent=2, sort_keys=True))
             return
@@ -157,7 +154,7 @@ def _recommend(task, features, runs_dir, runs_dir_given, model_dir, model_type, 
         return loaded.recommend(task, input_features=features, coverage=coverage, failed_memory=failed_memory)
     frame = _load_frame(runs_dir)
     if advisor == "percentile":
-        return ResourceAdvisor(coverage=coverage).fit(frame).recommend(task, coverage=coverage)
+        return ResourceAdvisor(coverage=coverage).fit(frame).recommend(task, coverage=coverage, failed_memory=failed_memory)
     if len(frame) == 0:
         return LearnedAdvisor._unavailable("no task observations recorded", frame, None).recommend(task, coverage=coverage)
     return _current_advisor(frame, runs_dir, model_type, coverage).recommend(

@@ -16,12 +16,20 @@ import typer
 
 from scalable.cli.errors import fail
 
-__all__ = ["OutputFormat", "ModelType", "format_option", "coverage_value", "runs_dir_value"]
+__all__ = ["AdvisorKind", "OutputFormat", "ModelType", "format_option", "coverage_value", "runs_dir_value"]
 
 
 class OutputFormat(str, enum.Enum):
     text = "text"
     json = "json"
+
+
+class AdvisorKind(str, enum.Enum):
+    """Which advisor ``scalable advise`` asks: the LearnedAdvisor (falling back to percentiles
+    where it has too little history) or the ResourceAdvisor's percentiles alone."""
+
+    learned = "learned"
+    percentile = "percentile"
 
 
 class ModelType(str, enum.Enum):

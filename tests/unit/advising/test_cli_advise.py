@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scalable.cli.main import app
+from scalable.units import parse_memory
 from tests.unit.advising.synthetic import make_frame, write_runs
 
 runner = CliRunner()
@@ -107,4 +108,12 @@ def test_advise_sizes_the_retry_after_an_oom_kill(runs_dir):
     refused = runner.invoke(app, base + ["--failed-memory", "lots"])
     assert refused.exit_code == 2 and "--failed-memory" in refused.output
     percentile = runner.invoke(app, base + ["--advisor", "percentile", "--failed-memory", "1Gi"])
-    assert percentile.exit_code == 2 and "learned advisor" in percentile.output
+    assert percentile.exit_code == 0, percentile.output
+    answer = json.loads(percentile.output)
+    assert "OOM-killed at 1Gi" in answer["basis"], answer
+    assert parse_memory(answer["memory"]) >= 2 * 2**30, "at least double what was killed"
+
+
+def test_advise_offers_only_the_advisors_there_are(runs_dir):
+    wrong = runner.invoke(app, ["advise", "--task", "task_1", "--runs-dir", str(runs_dir), "--advisor", "lerned"])
+    assert wrong.exit_code == 2 and "learned" in wrong.output and "percentile" in wrong.output, wrong.output
