@@ -69,7 +69,7 @@ IMAGE ?= scalable-operator:dev
 # namespaces are left to the operators the tests start themselves.
 KIND_DEMO_NAMESPACE ?= scalable-demo
 
-chart-crds: ## copy crds/ into the chart (charts/scalable-operator/crds); a test keeps them identical
+chart-crds: ## crds/ as chart templates behind crds.install (charts/scalable-operator/templates/crds), so helm upgrade upgrades them; a test keeps them identical
 	$(PYTHON) hack/chart_sync.py crds
 
 crd-docs: ## regenerate docs/crd-reference.md (the custom resources' fields) from crds/

@@ -77,6 +77,9 @@ def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_si
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [namespace],
         "telemetry": {"persistence": {"storageClass": STORAGE_CLASS, "size": "1Gi"}},
+        # the session's fixtures installed the CRDs for every test (outside Helm); a release
+        # that rendered them too would be refused as not owning them
+        "crds": {"install": False},
         **(extra_values or {}),
     }
     values_file = tmp_path / "values.yaml"

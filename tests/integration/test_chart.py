@@ -10,6 +10,8 @@ its own (where the chart's CRDs are installed by Helm, not by the test fixtures)
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
 from pathlib import Path
 
 import kr8s.asyncio
@@ -18,11 +20,12 @@ import yaml
 
 from scalable.controller.resources import AdvisorModelSpec, ScalableWorkflowSpec
 from tests.support.chart import CHART_DIR, apply_documents, find, helm, kubectl, operator_args, render
-from tests.support.testenv import REPO_ROOT
+from tests.support.controlplane import ControlPlane, ControlPlaneError
+from tests.support.testenv import PROMETHEUS_HINT, REPO_ROOT, MissingBinaryError
 from tests.unit.deploy.test_chart_files import chart_sync
 
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
-NOT_IN_TEST_CLUSTER = {"ServiceMonitor"}  # the prometheus-operator's CRD is not installed here
+NOT_IN_TEST_CLUSTER = {"ServiceMonitor", "PrometheusRule"}  # the prometheus-operator's CRDs are not installed here
 
 
 def test_helm_lint(helm_binary):
@@ -56,7 +59,7 @@ def test_default_rendering_is_secure_and_probed():
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
-                            "Service", "PersistentVolumeClaim", "PodDisruptionBudget"])
+                            "Service", "PersistentVolumeClaim", "PodDisruptionBudget"] + ["CustomResourceDefinition"] * 2)
     pod = find(docs, "Deployment")[0]["spec"]["template"]["spec"]
     c = pod["containers"][0]
     sc = c["securityContext"]
@@ -74,6 +77,114 @@ def test_default_rendering_is_secure_and_probed():
     pvc = find(docs, "PersistentVolumeClaim")[0]
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi" and "storageClassName" not in pvc["spec"]
+
+
+def test_the_crds_render_from_crds_behind_crds_install():
+    docs = render()
+    crds = {d["metadata"]["name"]: d for d in find(docs, "CustomResourceDefinition")}
+    for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        source = yaml.safe_load(path.read_text())
+        crd = crds.pop(source["metadata"]["name"])
+        assert crd["spec"] == source["spec"], f"{path.name}: run `make chart-crds`"
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == "scalable-operator"
+    assert not crds
+    assert not find(render(set_values={"crds": {"install": False}}), "CustomResourceDefinition")
+    # nothing under the chart's crds/ directory either (Helm would install it regardless)
+    assert "CustomResourceDefinition" not in helm(*["template", "x", str(CHART_DIR), "--include-crds",
+                                                    "--set", "crds.install=false"]).stdout
+
+
+def test_probes_are_configurable_on_the_endpoints_the_operator_serves():
+    def probes(docs):
+        c = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        return {k: c.get(f"{k}Probe") for k in ("startup", "liveness", "readiness")}
+
+    default = probes(render())
+    assert {k: p["httpGet"]["path"] for k, p in default.items()} == {"startup": "/healthz", "liveness": "/healthz",
+                                                                   "readiness": "/readyz"}
+    assert default["startup"]["periodSeconds"] * default["startup"]["failureThreshold"] >= 120, "time to start"
+    changed = probes(render(set_values={"probes": {"liveness": {"periodSeconds": 7, "failureThreshold": 9},
+                                                   "startup": {"enabled": False}}}))
+    assert changed["startup"] is None
+    assert changed["liveness"] == {**default["liveness"], "periodSeconds": 7, "failureThreshold": 9}
+    assert changed["readiness"] == default["readiness"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"probes": {"liveness": {"httpGet": {"path": "/"}}}}, "httpGet"),  # the handler is the chart's
+    ({"probes": {"readiness": {"periodSeconds": 0}}}, "periodSeconds"),
+    ({"serviceMonitor": {"scheme": "ftp"}}, "scheme"),
+    ({"serviceMonitor": {"relabelings": [{"action": "rewrite"}]}}, "action"),
+    ({"prometheusRule": {"modelStale": {"afterSeconds": "1d"}}}, "afterSeconds"),
+    ({"prometheusRule": {"ingestionRefusing": {"ratio": 5}}}, "ratio"),
+    ({"prometheusRule": {"selector": "{job=\"x\"}"}}, "selector"),
+    ({"crds": {"install": "yes"}}, "install"),
+])
+def test_the_schema_rejects_a_wrong_monitoring_value(bad, message, tmp_path):
+    test_the_schema_rejects_a_wrong_value(bad, message, tmp_path)
+
+
+def _columns(kubeconfig: Path, crd: str) -> list[str]:
+    out = kubectl("get", "crd", crd, "-o", "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+                  kubeconfig=kubeconfig, check=False)
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def test_helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them(tmp_path):
+    """On a control plane of its own (the shared one's CRDs come from the test fixtures).
+
+    CRDs applied outside Helm (an earlier chart's crds/, or deploy/) are refused until the
+    README's adoption commands; then install, an upgrade to an earlier chart and back change the
+    CRD each time; crds.install=false and `helm uninstall` leave the CRDs and the resources."""
+    older = tmp_path / "scalable-operator"
+    shutil.copytree(CHART_DIR, older)
+    template = older / "templates" / "crds" / "advisormodels.yaml"
+    column = "    - name: TrainedAt\n      type: date\n      jsonPath: .status.trainedAt\n      description: when training last ran\n"
+    assert column in template.read_text()
+    template.write_text(template.read_text().replace(column, ""))
+    old_crd = REPO_ROOT / "crds" / "advisormodels.yaml"
+    old_crd_file = tmp_path / "old-advisormodels.yaml"
+    old_crd_file.write_text(old_crd.read_text().replace(column, ""))
+    crd, ns, release = "advisormodels.scalable.dev", "scalable-system", "scalable-operator"
+
+    cp = ControlPlane(controller_manager=False)
+    try:
+        cp.start()
+    except (MissingBinaryError, ControlPlaneError) as e:
+        pytest.fail(f"the CRD upgrade test needs its own control plane: {e}", pytrace=False)
+    try:
+        kc = cp.kubeconfig
+        kubectl("apply", "-f", str(old_crd_file), kubeconfig=kc)
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", kubeconfig=kc)
+        assert "TrainedAt" not in _columns(kc, crd)
+        refused = helm("install", release, str(CHART_DIR), "-n", ns, "--create-namespace", kubeconfig=kc, check=False)
+        assert refused.returncode != 0 and "invalid ownership metadata" in refused.stderr, refused.stderr
+        # the README's adoption commands, for both CRDs (an earlier chart installed both)
+        kubectl("apply", "-f", str(REPO_ROOT / "crds" / "scalableworkflows.yaml"), kubeconfig=kc)
+        for name in ("advisormodels.scalable.dev", "scalableworkflows.scalable.dev"):
+            kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm", "--overwrite", kubeconfig=kc)
+            kubectl("annotate", "crd", name, f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={ns}",
+                    "--overwrite", kubeconfig=kc)
+        helm("install", release, str(CHART_DIR), "-n", ns, "--create-namespace", kubeconfig=kc)
+        assert "TrainedAt" in _columns(kc, crd), "helm install did not update the adopted CRD"
+
+        helm("upgrade", release, str(older), "-n", ns, kubeconfig=kc)
+        assert "TrainedAt" not in _columns(kc, crd), "helm upgrade left the CRD as it was"
+        helm("upgrade", release, str(CHART_DIR), "-n", ns, kubeconfig=kc)
+        assert "TrainedAt" in _columns(kc, crd), "helm upgrade left the CRD as it was"
+
+        model = {"apiVersion": "scalable.dev/v1alpha1", "kind": "AdvisorModel", "metadata": {"name": "kept", "namespace": "default"},
+                 "spec": {}}
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(model), kubeconfig=kc)
+        helm("upgrade", release, str(CHART_DIR), "-n", ns, "--set", "crds.install=false", kubeconfig=kc)
+        assert "TrainedAt" in _columns(kc, crd), "crds.install=false deleted the CRD"
+        helm("uninstall", release, "-n", ns, kubeconfig=kc)
+        assert _columns(kc, crd), "helm uninstall deleted the CRD"
+        assert kubectl("get", "advisormodel", "kept", "-n", "default", kubeconfig=kc, check=False).returncode == 0, \
+            "helm uninstall deleted the users' AdvisorModels"
+    finally:
+        cp.stop()
 
 
 def _unique(name: str) -> str:
@@ -114,8 +225,28 @@ async def test_every_option_renders_and_the_api_server_accepts_it(values: Path, 
     args = pod["containers"][0]["args"]
     name = values.stem.removesuffix("-values")
     if name == "cluster-wide":
-        assert find(docs, "ServiceMonitor")[0]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        assert find(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0] == {"port": "metrics", "path": "/metrics", "interval": "15s"}
+        monitor = find(docs, "ServiceMonitor")[0]
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert monitor["metadata"]["namespace"] == "monitoring" and monitor["spec"]["namespaceSelector"] == {"matchNames": [namespace]}
+        endpoint = monitor["spec"]["endpoints"][0]
+        assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s", "scheme": "https",
+                            "honorLabels": True, "tlsConfig": options["serviceMonitor"]["tlsConfig"],
+                            "relabelings": options["serviceMonitor"]["relabelings"],
+                            "metricRelabelings": options["serviceMonitor"]["metricRelabelings"]}
+        assert monitor["spec"]["targetLabels"] == ["app.kubernetes.io/instance"]
+        rule = find(docs, "PrometheusRule")[0]
+        assert rule["metadata"]["namespace"] == "monitoring" and rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+        assert sorted(alerts) == ["ScalableModelStale", "ScalableScalingHeld", "ScalableTrainingFailing"]
+        assert all('job="scalable"' in r["expr"] and r["labels"]["team"] == "platform" for r in alerts.values())
+        assert 'reason!~"Paused"' in alerts["ScalableScalingHeld"]["expr"] and "[2h]" in alerts["ScalableTrainingFailing"]["expr"]
+        container = pod["containers"][0]
+        assert "readinessProbe" not in container
+        assert container["livenessProbe"] == {"httpGet": {"path": "/healthz", "port": "metrics"}, "initialDelaySeconds": 10,
+                                              "periodSeconds": 30, "timeoutSeconds": 10, "failureThreshold": 5}
+        crds = find(docs, "CustomResourceDefinition")
+        assert len(crds) == 2 and all(c["metadata"]["annotations"] == {
+            "helm.sh/resource-policy": "keep", "argocd.argoproj.io/sync-options": "ServerSideApply=true"} for c in crds)
         assert find(docs, "NetworkPolicy")[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
         assert "--prometheus-url=http://prometheus-server.monitoring.svc" in args and "--verbose" in args
         assert "--metrics-port=9090" in args and "--telemetry-path=/data" in args
@@ -136,7 +267,10 @@ async def test_every_option_renders_and_the_api_server_accepts_it(values: Path, 
         assert not find(docs, "PersistentVolumeClaim") and not find(docs, "ServiceAccount")
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "shared-telemetry"
         assert pod["serviceAccountName"] == "existing-operator-sa"
+        rules = find(docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+        assert [r["alert"] for r in rules] == ["ScalableIngestionRefusing"]
     elif name == "minimal":
+        assert not find(docs, "CustomResourceDefinition")
         assert not find(docs, "ClusterRole") and not find(docs, "Role") and not find(docs, "PodDisruptionBudget")
         assert find(docs, "PersistentVolumeClaim")[0]["spec"]["storageClassName"] == ""
     elif name == "ephemeral":
@@ -245,3 +379,131 @@ async def test_examples_apply_and_work_together(kubeconfig, namespace):
         names = [c["name"] for c in template["containers"]]
         assert group.resourcePolicy.containerName in names
         assert all("resources" not in c for c in template["containers"]), "the operator writes the resources"
+
+
+# ---------------------------------------------------------------------------------------
+# the PrometheusRule, run by promtool on series that must and must not fire each alert
+# ---------------------------------------------------------------------------------------
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if not found:
+        raise MissingBinaryError(f"promtool is not on PATH; {PROMETHEUS_HINT}")
+    return found
+
+
+def _rule_groups(set_values: dict | None = None) -> dict:
+    docs = render(set_values={"prometheusRule": {"enabled": True, **(set_values or {})}})
+    return find(docs, "PrometheusRule")[0]["spec"]
+
+
+def _series(name: str, values: str, **labels: str) -> dict:
+    return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
+
+
+def _alerts(eval_time: str, name: str, *fired: dict) -> dict:
+    return {"eval_time": eval_time, "alertname": name,
+            "exp_alerts": [{"exp_labels": {**labels, "severity": "warning"}} for labels in fired]}
+
+
+# Each case: input series at 1m (or the interval given), and at each evaluation time the alerts
+# expected (none: it must not fire). The alerts' `for` is passed too: before it, nothing fires.
+RULE_CASES = [
+    # trainings: one namespace only failing; one that also succeeded (promoted) within the window;
+    # one that also ended short of data (not a failure of training)
+    {"interval": "1m", "input_series": [
+        _series("scalable_trainings_total", "0+1x60", namespace="failing", outcome="failed"),
+        _series("scalable_trainings_total", "0+1x60", namespace="recovered", outcome="failed"),
+        _series("scalable_trainings_total", "0 0 0 0 0 1+0x55", namespace="recovered", outcome="promoted"),
+        _series("scalable_trainings_total", "0+1x60", namespace="short", outcome="failed"),
+        _series("scalable_trainings_total", "0+1x60", namespace="short", outcome="insufficient"),
+    ], "alert_rule_test": [
+        _alerts("10m", "ScalableTrainingFailing"),  # failing, but not yet for 15m
+        _alerts("40m", "ScalableTrainingFailing", {"namespace": "failing"}),
+    ]},
+    # a model last trained at time 0, one retrained all the time (scraped every 2m: within
+    # Prometheus' 5m lookback, so the series never goes stale between samples)
+    {"interval": "2m", "input_series": [
+        _series("scalable_model_trained_timestamp_seconds", "0+0x800", namespace="team", model="old"),
+        _series("scalable_model_trained_timestamp_seconds", "0+120x800", namespace="team", model="fresh"),
+    ], "alert_rule_test": [
+        _alerts("23h", "ScalableModelStale"),
+        _alerts("24h20m", "ScalableModelStale"),  # stale, but not yet for 30m
+        _alerts("25h", "ScalableModelStale", {"namespace": "team", "model": "old"}),
+    ]},
+    # held without metrics (alerts); paused by its user (does not); held for 5 minutes only (does not)
+    {"interval": "1m", "input_series": [
+        _series("scalable_scaling_held", "1+0x60", namespace="team", workflow="blind", reason="NoMetrics"),
+        _series("scalable_scaling_held", "1+0x60", namespace="team", workflow="paused", reason="Paused"),
+        _series("scalable_scaling_held", "1+0x60", namespace="team", workflow="off", reason="ScalingOff"),
+        _series("scalable_scaling_held", "1+0x5 _x55", namespace="team", workflow="blip", reason="ClusterNotFound"),
+    ], "alert_rule_test": [
+        _alerts("10m", "ScalableScalingHeld"),
+        _alerts("30m", "ScalableScalingHeld", {"namespace": "team", "workflow": "blind", "reason": "NoMetrics"}),
+    ]},
+    # refused 2 of 12 records a minute (alerts), 1 of 101 (does not), only unauthorized callers (alerts)
+    {"interval": "1m", "input_series": [
+        _series("scalable_telemetry_records_total", "0+10x60", namespace="bad", result="accepted"),
+        _series("scalable_telemetry_records_total", "0+2x60", namespace="bad", result="refused"),
+        _series("scalable_telemetry_records_total", "0+100x60", namespace="fine", result="accepted"),
+        _series("scalable_telemetry_records_total", "0+1x60", namespace="fine", result="refused"),
+        _series("scalable_telemetry_records_total", "0+50x60", namespace="fine", result="duplicate"),
+        _series("scalable_telemetry_records_total", "0+1x60", namespace="strangers", result="unauthorized"),
+    ], "alert_rule_test": [
+        _alerts("5m", "ScalableIngestionRefusing"),
+        _alerts("30m", "ScalableIngestionRefusing", {"namespace": "bad"}, {"namespace": "strangers"}),
+    ]},
+]
+
+
+def _promtool_test(tmp_path: Path, groups: dict, cases: list[dict]) -> subprocess.CompletedProcess:
+    """`promtool test rules` on the rendered groups. Annotations are checked by `promtool check
+    rules` on the rendered file as it is; the tests compare labels (promtool would compare
+    every expanded annotation too)."""
+    full = tmp_path / "rendered.yaml"
+    full.write_text(yaml.safe_dump(groups))
+    check = subprocess.run([_promtool(), "check", "rules", str(full)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    bare = {"groups": [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+                       for g in groups["groups"]]}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(bare))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m",
+                                                         "tests": cases}))
+    return subprocess.run([_promtool(), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_alerts_fire_on_their_series_and_only_there(tmp_path):
+    groups = _rule_groups()
+    assert sorted(r["alert"] for r in groups["groups"][0]["rules"]) == [
+        "ScalableIngestionRefusing", "ScalableModelStale", "ScalableScalingHeld", "ScalableTrainingFailing"]
+    proc = _promtool_test(tmp_path, groups, RULE_CASES)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_alert_tests_catch_a_wrong_rule(tmp_path):
+    """The attack: the same cases against rules that ignore what they must (refusals counted
+    without unauthorized callers, paused workflows not ignored) fail."""
+    groups = _rule_groups({"scalingHeld": {"ignoreReasons": []}})
+    for rule in groups["groups"][0]["rules"]:
+        rule["expr"] = rule["expr"].replace('result=~"refused|unauthorized"', 'result="refused"')
+    proc = _promtool_test(tmp_path, groups, RULE_CASES)
+    assert proc.returncode != 0
+    assert "ScalableScalingHeld" in proc.stdout + proc.stderr and "ScalableIngestionRefusing" in proc.stdout + proc.stderr
+
+
+def test_the_alerts_follow_their_values(tmp_path):
+    """selector narrows every expression (series of another job fire nothing); alertLabels are
+    added; afterSeconds, window and for are the values given; an alert can be turned off."""
+    quiet = [{**case, "alert_rule_test": [{**t, "exp_alerts": []} for t in case["alert_rule_test"]]} for case in RULE_CASES]
+    groups = _rule_groups({"selector": 'job="other-operator"'})
+    proc = _promtool_test(tmp_path, groups, quiet)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    groups = _rule_groups({"alertLabels": {"team": "platform", "severity": "critical"},
+                           "modelStale": {"afterSeconds": 172800, "for": "1h"},
+                           "trainingFailing": {"enabled": False}})
+    rules = {r["alert"]: r for r in groups["groups"][0]["rules"]}
+    assert "ScalableTrainingFailing" not in rules
+    stale = rules["ScalableModelStale"]
+    assert stale["labels"] == {"team": "platform", "severity": "critical"} and stale["for"] == "1h"
+    assert stale["expr"].endswith("> 172800")

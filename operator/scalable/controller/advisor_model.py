@@ -79,6 +79,7 @@ class AdvisorModelLoop:
         try:
             body = await rt.kube.get("AdvisorModel", self.namespace, self.name)
             if body is None or body["metadata"].get("deletionTimestamp"):
+                rt.metrics.forget_model(self.namespace, self.name)
                 return None
             return await self._reconcile(body)
         except asyncio.CancelledError:
@@ -109,6 +110,7 @@ class AdvisorModelLoop:
         model_dir = rt.root.model_dir(self.namespace, self.name, create=True)
         champion = await asyncio.to_thread(read_champion, model_dir)
         trained_at = parse_time(status.get("trainedAt"))
+        rt.metrics.model_trained_at(self.namespace, self.name, _last_good_training(status, trained_at, champion))
         total = await asyncio.to_thread(count_records, runs_dir)
         new_records = total - int(status.get("recordsSeen") or 0)
         reason = None
@@ -189,6 +191,15 @@ class AdvisorModelLoop:
         for key in [k for k in rt.wakeups if k[0] == "ScalableWorkflow" and k[1] == self.namespace]:
             rt.wakeups[key].set()
         return rt.config.training_check_interval_s
+
+
+def _last_good_training(status: dict[str, Any], trained_at: float | None, champion: dict[str, Any] | None) -> float | None:
+    """When a model was last trained and left serving: trainedAt while the Trained condition is
+    True, else (training failing or short of data) the serving model's own training time."""
+    trained = next((c for c in status.get("conditions") or [] if c.get("type") == "Trained"), None)
+    if trained is not None and trained.get("status") == "True" and trained_at is not None:
+        return trained_at
+    return float(champion["trained_at"]) if champion and champion.get("trained_at") is not None else None
 
 
 def _coverage_text(quality: dict[str, Any] | None) -> str | None:

@@ -38,15 +38,51 @@ class OperatorMetrics:
         self.trainings = Counter("scalable_trainings", "Trainings by outcome", ["namespace", "outcome"], registry=r)
         self.records = Counter("scalable_telemetry_records", "Telemetry records pushed to the ingestion endpoint", ["namespace", "result"], registry=r)
         self.leader = Gauge("scalable_leader", "1 while this replica holds the leader Lease", registry=r)
+        # For the chart's alerts (ScalableScalingHeld, ScalableModelStale): a condition or a
+        # status field is not something Prometheus can alert on.
+        self.scaling_held = Gauge(
+            "scalable_scaling_held", "1 while the last poll of a workflow left its replicas alone, by the reason of its "
+            "Scaling condition (NoMetrics, ConflictingAutoscaler, ClusterNotFound, Paused, ScalingOff, ...)",
+            ["namespace", "workflow", "reason"], registry=r,
+        )
+        self.model_trained = Gauge(
+            "scalable_model_trained_timestamp_seconds", "Unix time of the last training of an AdvisorModel that left a "
+            "model serving (promoted or kept); the serving model's own time while training fails", ["namespace", "model"],
+            registry=r,
+        )
+        self._held: dict[tuple[str, str], str] = {}
 
     def forget_workflow(self, namespace: str, workflow: str, groups: list[str]) -> None:
         """Drop the series of a deleted workflow so /metrics does not grow without bound."""
         for gauge in (self.recommended_cpu, self.recommended_memory, self.confidence, self.desired_workers):
             for group in groups:
-                try:
-                    gauge.remove(namespace, workflow, group)
-                except KeyError:
-                    pass
+                self._remove(gauge, namespace, workflow, group)
+        self.scaling_state(namespace, workflow, None)
+
+    def scaling_state(self, namespace: str, workflow: str, held_reason: str | None) -> None:
+        """One series per workflow at most: the reason it is held now, or none while it scales."""
+        before = self._held.pop((namespace, workflow), None)
+        if before is not None and before != held_reason:
+            self._remove(self.scaling_held, namespace, workflow, before)
+        if held_reason is not None:
+            self._held[(namespace, workflow)] = held_reason
+            self.scaling_held.labels(namespace, workflow, held_reason).set(1)
+
+    def model_trained_at(self, namespace: str, model: str, when: float | None) -> None:
+        if when is None:
+            self._remove(self.model_trained, namespace, model)
+        else:
+            self.model_trained.labels(namespace, model).set(when)
+
+    def forget_model(self, namespace: str, model: str) -> None:
+        self._remove(self.model_trained, namespace, model)
+
+    @staticmethod
+    def _remove(gauge: Gauge, *labels: str) -> None:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -374,6 +374,8 @@ class WorkflowLoop:
         deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record,
                         autoscalers=rt.autoscalers)
         poll = await poll_once(deps, body, self.scaler, now, self.history)
+        held = next((c["reason"] for c in poll.conditions if c["type"] == "Scaling" and c["status"] is False), None)
+        rt.metrics.scaling_state(namespace, name, held)
         if poll.history is not None:
             self.history = poll.history
         updates += poll.conditions

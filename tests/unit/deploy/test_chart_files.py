@@ -9,6 +9,7 @@ import json
 import re
 import sys
 
+import pytest
 import yaml
 
 from tests.support.testenv import REPO_ROOT
@@ -27,12 +28,36 @@ def _chart_sync():
 chart_sync = _chart_sync()
 
 
-def test_chart_crds_are_the_repository_crds():
+def test_chart_crds_are_the_repository_crds_as_templates():
+    """templates/crds/ is generated from crds/ (`make chart-crds`), and the chart has no crds/
+    directory: Helm would install both and fail on the second, and would never upgrade crds/."""
     repo = sorted(p.name for p in (REPO_ROOT / "crds").glob("*.yaml"))
-    chart = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    chart = sorted(p.name for p in chart_sync.CRD_TEMPLATES.glob("*.yaml"))
     assert repo and chart == repo, "run `make chart-crds`"
-    for name in repo:
-        assert (CHART / "crds" / name).read_text() == (REPO_ROOT / "crds" / name).read_text(), f"{name}: run `make chart-crds`"
+    assert chart_sync.stale(chart_sync.expected_crds()) == [], "run `make chart-crds`"
+    assert not (CHART / "crds").exists(), "Helm installs crds/ once and never upgrades it: the CRDs are templates"
+
+
+def _without_template_lines(text: str) -> dict:
+    kept = [l for l in text.splitlines() if not l.strip().startswith("{{") and not l.strip().startswith("#")]
+    return yaml.safe_load("\n".join(kept))
+
+
+def test_a_crd_template_is_the_crd_behind_crds_install_and_kept_on_uninstall():
+    for source in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        text = (chart_sync.CRD_TEMPLATES / source.name).read_text()
+        lines = [l for l in text.splitlines() if not l.startswith("{{- /*")]
+        assert lines[0] == "{{- if .Values.crds.install }}" and lines[-1] == "{{- end }}"
+        rendered = _without_template_lines(text)
+        assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        original = yaml.safe_load(source.read_text())
+        assert rendered["spec"] == original["spec"] and rendered["metadata"]["name"] == original["metadata"]["name"]
+
+
+def test_a_crd_description_that_helm_would_read_as_a_template_is_refused():
+    crd = "apiVersion: v1\nmetadata:\n  name: x\nspec:\n  description: use {{ .Values }}\n"
+    with pytest.raises(SystemExit, match="template"):
+        chart_sync.crd_template("x.yaml", crd)
 
 
 def test_every_value_is_documented_and_the_readme_table_is_current():
