@@ -241,3 +241,52 @@ async def _scaling_reason(api, namespace, reason):
     wf = await get(api, namespace, "ScalableWorkflow", "wf")
     c = condition(wf, "Scaling")
     return wf if c and c["reason"] == reason else None
+
+
+class _FlakyScheduler(QueueExporter):
+    """The scheduler's /metrics, answering 503 while ``down``."""
+
+    down = False
+
+    async def _metrics(self, request):
+        from aiohttp import web
+
+        if self.down:
+            return web.Response(status=503, text="unavailable")
+        return await super()._metrics(request)
+
+
+async def test_after_n_polls_without_metrics_the_fallback_replicas_hold_until_metrics_return(kube_api, namespace, tmp_path):
+    from tests.support.testenv import free_port
+
+    scheduler = await _FlakyScheduler(queued=40, processing=2).start()
+    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 6}]
+    scaling = {"mode": "Reactive", "pollIntervalSeconds": 1, "cooldownSeconds": 0,
+               "prometheus": {"url": f"http://127.0.0.1:{free_port()}", "timeoutSeconds": 1},
+               "fallback": {"failureThreshold": 3, "replicas": 2}}
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=scaling))
+    try:
+        async with running_operator(operator_options(namespace, tmp_path, scheduler_url=scheduler.url)):
+            await wait_until(lambda: _equals(kube_api, namespace, 6), timeout=30, what="scaled from the scheduler's metrics")
+            wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
+            assert wf["status"]["metricsFailures"] == 0
+            scheduler.down = True  # neither Prometheus nor the scheduler answers now
+            wf = await wait_until(lambda: _scaling_reason(kube_api, namespace, "FallbackReplicas"), timeout=30,
+                                  what="the fallback")
+            assert wf["status"]["metricsFailures"] >= 3
+            assert "no queue metrics for 3 polls in a row" in condition(wf, "Scaling")["message"]
+            assert await _replicas(kube_api, namespace) == 2
+            events = await _events_of(kube_api, namespace, "wf")
+            assert any(e["reason"] == "FallbackReplicas" and "6 -> 2" in e["message"] for e in events), events
+            scheduler.down = False  # metrics return: the queue (40 queued) decides again
+            await wait_until(lambda: _equals(kube_api, namespace, 6), timeout=30, what="scaling resumed from metrics")
+            wf = await get(kube_api, namespace, "ScalableWorkflow", "wf")
+            assert wf["status"]["metricsFailures"] == 0 and condition(wf, "Scaling")["reason"] == "Active"
+    finally:
+        await scheduler.stop()
+
+
+async def _events_of(api, namespace, involved_name):
+    async with api.call_api("GET", version="v1", namespace=namespace, url="events") as response:
+        return [e for e in response.json()["items"] if e["involvedObject"]["name"] == involved_name]

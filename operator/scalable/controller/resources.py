@@ -236,6 +236,15 @@ class PrometheusSource(_Spec):
     timeoutSeconds: float = Field(default=5, gt=0, le=60)
 
 
+class ScalingFallback(_Spec):
+    """Replicas to hold while no queue metrics can be read (KEDA's fallback): after
+    ``failureThreshold`` polls in a row found neither Prometheus nor the scheduler, every group
+    is set to ``replicas`` (within its minWorkers..maxWorkers) until metrics come back."""
+
+    failureThreshold: int = Field(default=3, ge=1, le=1_000, description="Polls in a row without metrics before the fallback applies.")
+    replicas: int = Field(ge=0, le=10_000, description="Workers per group while metrics are missing (clamped to the group's bounds).")
+
+
 class Scaling(_Spec):
     """How the group sizes follow the queue; the defaults are the library's (ScalerConfig)."""
 
@@ -269,6 +278,7 @@ class Scaling(_Spec):
                                   description="Most idle workers retired per decision.")
     pollIntervalSeconds: int = Field(default=15, ge=1, le=3_600)
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
+    fallback: ScalingFallback | None = Field(default=None, description="Without it, a workflow with no metrics holds its replicas.")
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> "Scaling":
@@ -392,6 +402,7 @@ class ScalableWorkflowStatus(_Spec):
     confidence: str | None = None
     currentWorkers: int | None = None
     desiredWorkers: int | None = None
+    metricsFailures: int | None = Field(default=None, description="Polls in a row that found no queue metrics (0 once they come back).")
     groups: list[GroupStatus] = Field(default_factory=list)
     observedGeneration: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

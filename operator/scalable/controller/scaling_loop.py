@@ -22,7 +22,10 @@ Rules that make it safe to run again at any moment, including right after a rest
 * **Never fight another scaler.** A DaskAutoscaler on the same cluster makes the poll hold with
   ``Scaling=False, reason=ConflictingAutoscaler``.
 * **Degrade, never guess.** Prometheus unavailable -> the scheduler's own ``/metrics`` ->
-  hold; each step says so in a condition.
+  hold; each step says so in a condition. With ``spec.scaling.fallback`` (KEDA's), once
+  ``failureThreshold`` polls in a row found no metrics, every group is set to the fallback
+  replicas (within its bounds) until metrics return; the count is kept in
+  ``status.metricsFailures``, so a restart does not start it again.
 * **Writes are guarded** by the ``resourceVersion`` the decision was based on; a conflict
   means someone else changed replicas, and the next poll decides again from the new value.
 
@@ -83,6 +86,8 @@ class PollResult:
     decisions: list[TagDecision] = field(default_factory=list)
     metrics: QueueMetrics | None = None
     history: ScalingHistory | None = None
+    #: polls in a row without metrics, for ``status.metricsFailures`` (None: this poll did not ask)
+    metrics_failures: int | None = None
 
     def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
         self.conditions.append({"type": type_, "status": status, "reason": reason, "message": message})
@@ -195,21 +200,23 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
 
     per_group = any("$group" in q for q in spec.scaling.prometheus.queries.model_dump().values())
     metrics_by_group: dict[str, QueueMetrics] = {}
+    failures = _int(status.get("metricsFailures"))
     if per_group:
         for target in targets:
             metrics = await _read_metrics(deps, namespace, cluster_name, spec, target.group.name, result)
             if metrics is None:
-                return result
+                return await _without_metrics(deps, spec, targets, workflow_key, now, failures + 1, result)
             metrics_by_group[target.group.name] = metrics
         result.metrics = next(iter(metrics_by_group.values()))
         shares = {t.group.name: 1.0 for t in targets}
     else:
         metrics = await _read_metrics(deps, namespace, cluster_name, spec, None, result)
         if metrics is None:
-            return result
+            return await _without_metrics(deps, spec, targets, workflow_key, now, failures + 1, result)
         result.metrics = metrics
         metrics_by_group = {t.group.name: metrics for t in targets}
         shares = _shares(targets) if len(targets) > 1 else {targets[0].group.name: 1.0}
+    result.metrics_failures = 0
 
     snapshot = {}
     by_tag = {}
@@ -268,6 +275,47 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
         result.condition("Scaling", True, "Active", f"{mode} scaling from {source} metrics" + ("; replicas patched" if acted else ""))
     if deps.record is not None and result.decisions:
         await deps.record(namespace, body["metadata"]["name"], result.decisions, now)
+    return result
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+async def _without_metrics(deps: PollDeps, spec: ScalableWorkflowSpec, targets: list[GroupTarget], workflow_key: str,
+                           now: float, failures: int, result: PollResult) -> PollResult:
+    """No metrics this poll: hold, or after ``fallback.failureThreshold`` such polls in a row set
+    every group to the fallback replicas (KEDA's fallback). The patch is guarded like any other
+    and writes the same last-scale note, so the cooldown that follows is the usual one."""
+    result.metrics_failures = failures
+    fallback = spec.scaling.fallback
+    if fallback is None or failures < fallback.failureThreshold:
+        return result
+    namespace = workflow_key.split("/", 1)[0]
+    changed = []
+    for target in targets:
+        g = target.group
+        to = max(g.minWorkers, min(g.maxWorkers, fallback.replicas))
+        group_status = result.groups[g.name]
+        group_status["desiredReplicas"] = to
+        if to == target.replicas:
+            continue
+        try:
+            note = LastScale(workflow_key, now, target.replicas, to).encode()
+            await deps.kube.set_replicas(target.kind, namespace, target.name, to, target.resource_version,
+                                         annotations={ANNOTATION_LAST_SCALE: note})
+        except Conflict:
+            group_status["desiredReplicas"] = target.replicas
+            continue
+        group_status["currentReplicas"] = to
+        group_status["lastScaleTime"] = precise_time(now)
+        changed.append(f"group {g.name!r}: {target.replicas} -> {to}")
+    message = (f"no queue metrics for {failures} polls in a row (fallback.failureThreshold {fallback.failureThreshold}): "
+               f"every group held at the fallback of {fallback.replicas} replicas within its bounds until metrics return")
+    result.conditions = [c for c in result.conditions if c["type"] != "Scaling"]
+    result.condition("Scaling", False, "FallbackReplicas", message + ("; " + "; ".join(changed) if changed else ""))
+    if changed:
+        result.events.append(("FallbackReplicas", "Warning", message + ": " + "; ".join(changed)))
     return result
 
 

@@ -395,8 +395,10 @@ class WorkflowLoop:
         recommendations = {g: {"recommendation": r} for g, r in sizing_result.recommendations.items()}
         kills = {g: {"lastOOMKill": k} for g, k in sizing_result.oom_kills.items()}
         groups = _merge_groups(spec, status.get("groups") or [], recommendations, kills, poll.groups)
+        failures = poll.metrics_failures if poll.metrics_failures is not None else status.get("metricsFailures")
         new_status = {
             **_summary(groups),
+            **({"metricsFailures": failures} if failures is not None else {}),
             "groups": groups,
             "observedGeneration": generation,
             "conditions": merge_conditions(status.get("conditions"), updates, generation=generation, now=now),
