@@ -3,24 +3,34 @@
 `helm lint`; `helm template` for the defaults and for every ci/*.yaml (which together change
 every documented value), each rendering server-side dry-run applied; values.schema.json
 refusing wrong values; deploy/ generated from the chart and applying; every example applying.
+The CRD templates upgraded by `helm upgrade` and kept by `helm uninstall` (a control plane of
+their own); the PrometheusRule's alerts under `promtool test rules`, and in a real Prometheus
+scraping a real operator.
 Installing and upgrading with Helm is in test_rbac_least_privilege.py, on a control plane of
 its own (where the chart's CRDs are installed by Helm, not by the test fixtures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import aiohttp
 import kr8s.asyncio
 import pytest
 import yaml
 
+from scalable.controller.dask_objects import ANNOTATION_PAUSED
 from scalable.controller.resources import AdvisorModelSpec, ScalableWorkflowSpec
+from tests.integration.harness import (SCALABLE, create, create_dask_cluster, operator_options, running_operator,
+                                       scalable_workflow, wait_until, write_history)
 from tests.support.chart import CHART_DIR, apply_documents, find, helm, kubectl, operator_args, render
 from tests.support.controlplane import ControlPlane, ControlPlaneError
+from tests.support.prometheus import PrometheusError, PrometheusServer
 from tests.support.testenv import PROMETHEUS_HINT, REPO_ROOT, MissingBinaryError
 from tests.unit.deploy.test_chart_files import chart_sync
 
@@ -507,3 +517,80 @@ def test_the_alerts_follow_their_values(tmp_path):
     stale = rules["ScalableModelStale"]
     assert stale["labels"] == {"team": "platform", "severity": "critical"} and stale["for"] == "1h"
     assert stale["expr"].endswith("> 172800")
+
+
+class _RulesPrometheus(PrometheusServer):
+    """The tests' Prometheus, evaluating a rule file as well."""
+
+    def __init__(self, rules: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rules = rules
+
+    def config(self) -> dict:
+        return {**super().config(), "rule_files": [str(self.rules)]}
+
+
+def _firing(prom: PrometheusServer) -> set[tuple[str, ...]]:
+    return {(r["metric"]["alertname"],) + tuple(r["metric"].get(k, "") for k in ("namespace", "workflow", "reason", "model"))
+            for r in prom.query('ALERTS{alertstate="firing"}')}
+
+
+async def test_the_alerts_on_a_real_operator_scraped_by_a_real_prometheus(kube_api, namespace, tmp_path):
+    """The chart's rules (every `for` 0s) in Debian's Prometheus, scraping the operator's own
+    /metrics: a workflow whose DaskCluster is missing fires ScalableScalingHeld, a paused one
+    does not; pushes with a token the API server refuses fire ScalableIngestionRefusing; a
+    trained model is fresh (ScalableModelStale silent, its series the time it was trained)."""
+    groups = _rule_groups({"selector": 'job="scalable-operator"', "trainingFailing": {"window": "1m", "for": "0s"},
+                           "modelStale": {"for": "0s"}, "scalingHeld": {"for": "0s"},
+                           "ingestionRefusing": {"window": "1m", "for": "0s"}})
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(groups))
+    prom = _RulesPrometheus(rules, scrape_interval="1s", workdir=tmp_path / "prometheus")
+    try:
+        prom.start()
+    except (MissingBinaryError, PrometheusError) as e:
+        pytest.fail(f"the alert test needs Prometheus: {e}", pytrace=False)
+
+    write_history(tmp_path / "telemetry" / namespace / "runs", n=60, peak_gib=2.0)
+    await create(kube_api, namespace, {"apiVersion": SCALABLE, "kind": "AdvisorModel", "metadata": {"name": "demand"},
+                                       "spec": {"coverage": 0.9, "minHistory": 5, "retrainInterval": "1h"}})
+    await create_dask_cluster(kube_api, namespace, "sim")
+    await create(kube_api, namespace, scalable_workflow("orphan", "missing"))
+    paused = scalable_workflow("paused", "sim")
+    paused["metadata"]["annotations"] = {ANNOTATION_PAUSED: "true"}
+    await create(kube_api, namespace, paused)
+    try:
+        async with running_operator(operator_options(namespace, tmp_path / "telemetry")) as op:
+            prom.add_target("scalable-operator", f"127.0.0.1:{op.ports['metrics']}")
+
+            async def held():
+                firing = _firing(prom)
+                return firing if ("ScalableScalingHeld", namespace, "orphan", "ClusterNotFound", "") in firing else None
+
+            await wait_until(held, timeout=60, what="ScalableScalingHeld firing for the workflow without its DaskCluster")
+            assert prom.value(f'scalable_scaling_held{{namespace="{namespace}",workflow="paused",reason="Paused"}}') == 1
+
+            async def push() -> int:
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{op.ingest_url}/v1/namespaces/{namespace}/scalableworkflows/orphan/runs",
+                                         json={"records": []}, headers={"Authorization": "Bearer not-a-token"}) as r:
+                        return r.status
+
+            async def refusing():
+                assert await push() == 401
+                firing = _firing(prom)
+                return firing if ("ScalableIngestionRefusing", namespace, "", "", "") in firing else None
+
+            await wait_until(refusing, timeout=60, interval=1.0, what="ScalableIngestionRefusing firing")
+
+            async def trained():
+                return prom.value(f'scalable_model_trained_timestamp_seconds{{namespace="{namespace}",model="demand"}}')
+
+            when = await wait_until(trained, timeout=180, what="the trained model's time scraped")
+            assert abs(time.time() - when) < 180
+            await asyncio.sleep(3)  # a few evaluations
+            firing = _firing(prom)
+            assert not [a for a in firing if a[0] in ("ScalableModelStale", "ScalableTrainingFailing")], firing
+            assert not [a for a in firing if a[0] == "ScalableScalingHeld" and a[2] == "paused"], firing
+    finally:
+        prom.stop()
