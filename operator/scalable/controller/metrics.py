@@ -42,7 +42,7 @@ class OperatorMetrics:
         # status field is not something Prometheus can alert on.
         self.scaling_held = Gauge(
             "scalable_scaling_held", "1 while the last poll of a workflow left its replicas alone, by the reason of its "
-            "Scaling condition (NoMetrics, ConflictingAutoscaler, ClusterNotFound, Paused, ScalingOff, ...)",
+            "Scaling condition (NoMetrics, FallbackReplicas, ConflictingAutoscaler, ClusterNotFound, Paused, ScalingOff, ...)",
             ["namespace", "workflow", "reason"], registry=r,
         )
         self.model_trained = Gauge(
