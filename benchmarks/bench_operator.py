@@ -64,14 +64,16 @@ async def main(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="scalable-bench-operator-"))
     cp = ControlPlane().start()
     prom = PrometheusServer(scrape_interval="1s").start()
-    exporter = await QueueExporter(queued=0, processing=1, workers=1).start()
+    # one exporter stands in for every cluster's scheduler, its series labelled per cluster
+    exporter = await QueueExporter(queued=0, processing=1, workers=1,
+                                   scopes=[("bench", f"c{i:04d}") for i in range(args.workflows)]).start()
     proc = None
     try:
         await install_crds(cp.kubeconfig, dask_kubernetes_crd_files() + repo_crd_files())
         api = await kr8s.asyncio.api(kubeconfig=str(cp.kubeconfig))
         namespace = "bench"
         await kr8s.asyncio.objects.Namespace({"metadata": {"name": namespace}}, api=api).create()
-        prom.add_target("q", exporter.address)
+        prom.add_target("q", exporter.address, honor_labels=True)
         await asyncio.to_thread(prom.wait_for, 'sum(dask_scheduler_tasks{job="q"})', lambda v: v is not None, 30)
         write_history(work / "telemetry" / namespace / "runs", n=50)
         scaling = {"mode": "Reactive", "pollIntervalSeconds": args.poll, "cooldownSeconds": 30,

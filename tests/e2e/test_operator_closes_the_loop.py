@@ -65,7 +65,7 @@ async def test_real_worker_pods_follow_the_queue_and_carry_the_recommendation(
     async with running_operator(operator_options(namespace, tmp_path, prometheus_url=prometheus.url)):
         wf = await wait_until(lambda: _recommended(kube_api, namespace), timeout=60, what="a recommendation in status")
         memory = wf["status"]["groups"][0]["recommendation"]["memory"]
-        await asyncio.to_thread(prometheus.wait_for, f'sum(dask_scheduler_workers{{namespace="{namespace}",cluster="sim"}})',
+        await asyncio.to_thread(prometheus.wait_for, f'sum(dask_scheduler_workers{{namespace="{namespace}",dask_org_cluster_name="sim"}})',
                                 lambda v: v >= 1, 120)
         with PodTimeline(kube_api, kubeconfig, namespace, "sim") as timeline:
             def workload():

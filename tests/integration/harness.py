@@ -22,7 +22,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from scalable.controller.app import RunOptions, run_operator
+from scalable.controller.prometheus_policy import DEFAULT_ALLOWED_URLS
 from scalable.controller.runtime import OperatorConfig
+from scalable.controller.scrape_labels import SCOPE_MATCHERS, scope_labels
 from scalable.telemetry.schema import TaskObservation
 from scalable.telemetry.store import RunStore
 
@@ -42,26 +44,33 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 3
 
 
 class QueueExporter:
-    def __init__(self, queued: float = 0, processing: float = 0, workers: float = 1) -> None:
+    """``scopes`` [(namespace, cluster), ...]: every sample once per scope, labelled as a
+    scrape of that cluster's scheduler would be (for one exporter standing in for many
+    clusters; scrape it with ``honor_labels``). Without, the target's labels say it."""
+
+    def __init__(self, queued: float = 0, processing: float = 0, workers: float = 1,
+                 scopes: list[tuple[str, str]] | None = None) -> None:
         self.queued, self.processing, self.workers = queued, processing, workers
+        self.scopes = scopes
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     async def _metrics(self, request: web.Request) -> web.Response:
         q = self.queued
-        text = (
-            "# HELP dask_scheduler_workers Number of workers known by scheduler\n"
-            "# TYPE dask_scheduler_workers gauge\n"
-            f'dask_scheduler_workers{{state="idle"}} {float(self.workers)}\n'
-            "# HELP dask_scheduler_tasks Number of tasks known by scheduler\n"
-            "# TYPE dask_scheduler_tasks gauge\n"
-            f'dask_scheduler_tasks{{state="queued"}} {float(q)}\n'
-            'dask_scheduler_tasks{state="waiting"} 0.0\n'
-            'dask_scheduler_tasks{state="no-worker"} 0.0\n'
-            f'dask_scheduler_tasks{{state="processing"}} {float(self.processing)}\n'
-            'dask_scheduler_tasks{state="memory"} 0.0\n'
-        )
-        return web.Response(text=text, content_type="text/plain")
+        samples = {
+            "dask_scheduler_workers": [("idle", float(self.workers))],
+            "dask_scheduler_tasks": [("queued", float(q)), ("waiting", 0.0), ("no-worker", 0.0),
+                                     ("processing", float(self.processing)), ("memory", 0.0)],
+        }
+        helps = {"dask_scheduler_workers": "Number of workers known by scheduler",
+                 "dask_scheduler_tasks": "Number of tasks known by scheduler"}
+        scopes = [""] if self.scopes is None else [
+            "," + ",".join(f'{k}="{v}"' for k, v in scope_labels(ns, cluster).items()) for ns, cluster in self.scopes]
+        lines = []
+        for name, values in samples.items():
+            lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} gauge"]
+            lines += [f'{name}{{state="{state}"{extra}}} {value}' for state, value in values for extra in scopes]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def start(self) -> "QueueExporter":
         app = web.Application()
@@ -87,12 +96,13 @@ class QueueExporter:
 
 
 def job_queries(job: str) -> dict[str, str]:
-    """PromQL for a target scraped under ``job`` (no namespace/cluster labels locally)."""
+    """PromQL for a target scraped under ``job``, scoped as the operator demands: add the
+    target with ``labels=scope_labels(namespace, cluster)``."""
     return {
-        "queued": f'sum(dask_scheduler_tasks{{job="{job}",state=~"queued|no-worker|waiting"}})',
-        "processing": f'sum(dask_scheduler_tasks{{job="{job}",state="processing"}})',
-        "workers": f'sum(dask_scheduler_workers{{job="{job}"}})',
-        "workerMemory": f'sum by (instance) (dask_worker_memory_bytes{{job="{job}-workers"}})',
+        "queued": f'sum(dask_scheduler_tasks{{job="{job}",state=~"queued|no-worker|waiting",{SCOPE_MATCHERS}}})',
+        "processing": f'sum(dask_scheduler_tasks{{job="{job}",state="processing",{SCOPE_MATCHERS}}})',
+        "workers": f'sum(dask_scheduler_workers{{job="{job}",{SCOPE_MATCHERS}}})',
+        "workerMemory": f'sum by (instance) (dask_worker_memory_bytes{{job="{job}-workers",{SCOPE_MATCHERS}}})',
     }
 
 
@@ -115,8 +125,12 @@ class OperatorHandle:
 
 def operator_options(namespace: str, telemetry: Path, *, prometheus_url: str | None = None, scheduler_url: str | None = None,
                      identity: str = "op-1", lease_seconds: int = 6, sizing_interval: float = 300.0,
-                     kubeconfig: str | None = None) -> RunOptions:
-    config = OperatorConfig(telemetry_path=str(telemetry), prometheus_url=prometheus_url,
+                     kubeconfig: str | None = None, prometheus_allowed_urls: tuple[str, ...] | None = None) -> RunOptions:
+    # everything a test runs listens on loopback: allowed as an admin would list their Prometheus
+    # (test_prometheus_tenancy passes the chart's default to see it refuse)
+    allowed = (*DEFAULT_ALLOWED_URLS, "127.0.0.1") if prometheus_allowed_urls is None else tuple(prometheus_allowed_urls)
+    policy = {"prometheus_allowed_urls": allowed}
+    config = OperatorConfig(telemetry_path=str(telemetry), prometheus_url=prometheus_url, **policy,
                             scheduler_url_template=scheduler_url, sizing_interval_s=sizing_interval,
                             observe_interval_s=5.0, training_check_interval_s=2.0)
     return RunOptions(config=config, namespaces=[namespace], metrics_host="127.0.0.1", metrics_port=0,

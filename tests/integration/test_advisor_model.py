@@ -63,13 +63,14 @@ async def test_training_reports_in_status_and_the_workflow_uses_the_model(kube_a
 
 
 async def test_predictive_scaling_uses_the_models_durations(kube_api, namespace, tmp_path, prometheus):
+    from scalable.controller.scrape_labels import scope_labels
     from tests.integration.harness import QueueExporter, job_queries
 
     write_history(tmp_path / namespace / "runs", n=150, duration_s=20.0, spread=0.2)
     # enough queued work that even at maxWorkers some is left when a new worker could join: the
     # predicted load of a later poll (after a scale-up) is then above 0 too
     exporter = await QueueExporter(queued=60, processing=1).start()
-    prometheus.add_target("q", exporter.address)
+    prometheus.add_target("q", exporter.address, labels=scope_labels(namespace, "sim"))
     await create(kube_api, namespace, advisor_model("demand"))
     await create_dask_cluster(kube_api, namespace, "sim")
     groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 10, "resourcePolicy": {"mode": "Off"}}]

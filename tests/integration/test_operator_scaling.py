@@ -13,6 +13,7 @@ import json
 import time
 
 from scalable.controller.kube import KubeClient
+from scalable.controller.scrape_labels import scope_labels
 from scalable.controller.timestamps import parse_time
 from scalable.controller.workflow import WorkflowLoop
 from tests.integration.harness import (
@@ -34,8 +35,8 @@ async def _replicas(api, namespace, name="sim"):
     return (await get(api, namespace, "DaskCluster", name))["spec"]["worker"]["replicas"]
 
 
-async def _exporter_scraped(prometheus, exporter, job="q"):
-    prometheus.add_target(job, exporter.address)
+async def _exporter_scraped(prometheus, exporter, namespace, job="q", cluster="sim"):
+    prometheus.add_target(job, exporter.address, labels=scope_labels(namespace, cluster))
     await asyncio.to_thread(prometheus.wait_for, f'sum(dask_scheduler_tasks{{job="{job}"}})', lambda v: v is not None, 30)
 
 
@@ -69,7 +70,7 @@ class ReplicaRecorder:
 
 async def test_scaling_stays_in_bounds_and_respects_cooldown(kube_api, namespace, tmp_path, prometheus):
     exporter = await QueueExporter(queued=60, processing=1).start()
-    await _exporter_scraped(prometheus, exporter)
+    await _exporter_scraped(prometheus, exporter, namespace)
     await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
     groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 4}]
     cooldown = 4
@@ -113,7 +114,7 @@ async def _equals(api, namespace, value):
 
 async def test_a_restart_keeps_the_cooldown_and_does_not_scale_again(kube_api, namespace, tmp_path, prometheus):
     exporter = await QueueExporter(queued=5, processing=0).start()
-    await _exporter_scraped(prometheus, exporter)
+    await _exporter_scraped(prometheus, exporter, namespace)
     await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
     groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 30}]
     cooldown = 25
@@ -176,7 +177,7 @@ class CrashAfterReplicaPatch(KubeClient):
 
 async def test_a_crash_between_patch_and_status_does_not_double_scale(kube_api, kubeconfig, namespace, tmp_path, prometheus):
     exporter = await QueueExporter(queued=10, processing=0).start()
-    await _exporter_scraped(prometheus, exporter)
+    await _exporter_scraped(prometheus, exporter, namespace)
     await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
     groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 50}]
     await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=_scaling(60)))

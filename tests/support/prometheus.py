@@ -10,9 +10,14 @@
 
 `discover_pods` (call it before `start()`) is how clusters really find Dask schedulers and workers: Prometheus lists and
 watches pods through the API server and scrapes those annotated `prometheus.io/scrape: "true"`
-on `prometheus.io/port` and `prometheus.io/path`, labelling each series with `namespace`, `pod`
-and `cluster` (the pod's `dask.org/cluster-name` label), the labels the operator's default
-PromQL filters on.
+on `prometheus.io/port` and `prometheus.io/path`, with the prometheus-community chart's
+relabelling: `namespace`, `pod`, and every pod label through `labelmap` (so the pod label
+`dask.org/cluster-name` becomes `dask_org_cluster_name`, as dask-kubernetes' ServiceMonitor
+and PodMonitor also name it): the labels the operator's default PromQL selects on and
+demands of every query (`scalable.controller.scrape_labels`).
+
+`add_target(job, address, labels=...)` gives a static target the labels such a scrape would
+attach (`scrape_labels.scope_labels(namespace, cluster)`).
 
 Storage is a temporary directory, removed by stop().
 """
@@ -48,6 +53,8 @@ class PrometheusServer:
         workdir: Path | str | None = None,
     ) -> None:
         self.targets: dict[str, list[str]] = {job: list(t) for job, t in (targets or {}).items()}
+        self.target_labels: dict[str, dict[str, str]] = {}
+        self.honor_labels: set[str] = set()
         self.scrape_interval = scrape_interval
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scalable-prometheus-"))
@@ -75,7 +82,9 @@ class PrometheusServer:
                 "evaluation_interval": self.scrape_interval,
             },
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]}
+                {"job_name": job, **({"honor_labels": True} if job in self.honor_labels else {}),
+                 "static_configs": [{"targets": targets, **({"labels": self.target_labels[job]}
+                                                            if self.target_labels.get(job) else {})}]}
                 for job, targets in sorted(self.targets.items())
             ] + self.kubernetes_sd,
         }
@@ -105,10 +114,9 @@ class PrometheusServer:
                 {"source_labels": [annotation + "path"], "regex": "(.+)", "target_label": "__metrics_path__"},
                 {"source_labels": ["__meta_kubernetes_pod_ip", annotation + "port"], "regex": "(.+);(.+)",
                  "replacement": "$1:$2", "target_label": "__address__"},
+                {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"source_labels": ["__meta_kubernetes_pod_label_dask_org_cluster_name"], "target_label": "cluster"},
-                {"source_labels": ["__meta_kubernetes_pod_label_dask_org_component"], "target_label": "component"},
             ],
         }]
         self.reload()
@@ -154,8 +162,14 @@ class PrometheusServer:
         self.stop()
         raise PrometheusError(f"prometheus not ready after {timeout} s:\n{log}")
 
-    def add_target(self, job: str, *targets: str) -> None:
-        """Scrape host:port targets (path /metrics) under a job name; reloads the server."""
+    def add_target(self, job: str, *targets: str, labels: dict[str, str] | None = None, honor_labels: bool = False) -> None:
+        """Scrape host:port targets (path /metrics) under a job name, their series labelled
+        with ``labels`` (the job's, for all its targets), or with the exporter's own where
+        ``honor_labels``; reloads the server."""
+        if labels is not None:
+            self.target_labels[job] = dict(labels)
+        if honor_labels:
+            self.honor_labels.add(job)
         self.targets.setdefault(job, [])
         self.targets[job].extend(t for t in targets if t not in self.targets[job])
         self.reload()

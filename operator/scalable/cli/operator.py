@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from scalable.controller.prometheus_policy import DEFAULT_ALLOWED_URLS
+
 app = typer.Typer(help="The Kubernetes operator that sizes and scales Dask workflows.", no_args_is_help=True)
 
 
@@ -21,6 +23,11 @@ def run(
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
     telemetry_path: Path = typer.Option(Path("/var/lib/scalable"), help="Root of telemetry and models (the PVC)."),
     prometheus_url: Optional[str] = typer.Option(None, help="Default Prometheus for workflows that name none."),
+    prometheus_allowed_urls: str = typer.Option(
+        ",".join(DEFAULT_ALLOWED_URLS), envvar="SCALABLE_PROMETHEUS_ALLOWED_URLS",
+        help="Comma-separated scheme://host:port entries (scheme and port optional, host may be *.suffix) a workflow's "
+             "spec.scaling.prometheus.url may name; '' allows only --prometheus-url.",
+    ),
     scheduler_url: str = typer.Option(
         "http://$cluster-scheduler.$namespace.svc:8787",
         help="Template of the Dask scheduler's HTTP address, the fallback when Prometheus fails; '' disables it.",
@@ -42,6 +49,7 @@ def run(
 ) -> None:
     """Run the operator until interrupted."""
     from scalable.controller.app import RunOptions, run_operator
+    from scalable.controller.prometheus_policy import parse_allowed_urls
     from scalable.controller.runtime import OperatorConfig
 
     if not namespace and not all_namespaces:
@@ -53,12 +61,18 @@ def run(
     if namespace and all_namespaces:
         typer.echo("error: --namespace and --all-namespaces exclude each other", err=True)
         raise typer.Exit(2)
+    try:
+        allowed_urls = parse_allowed_urls(prometheus_allowed_urls)
+    except ValueError as exc:
+        typer.echo(f"error: --prometheus-allowed-urls: {exc}", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         # one line per HTTP request costs real CPU with hundreds of workflows polling
         logging.getLogger("httpx").setLevel(logging.WARNING)
     config = OperatorConfig(
-        telemetry_path=str(telemetry_path), prometheus_url=prometheus_url, scheduler_url_template=scheduler_url or None,
+        telemetry_path=str(telemetry_path), prometheus_url=prometheus_url, prometheus_allowed_urls=allowed_urls,
+        scheduler_url_template=scheduler_url or None,
         sizing_interval_s=sizing_interval, training_workers=training_workers,
     )
     options = RunOptions(

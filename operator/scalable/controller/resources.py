@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scalable.advising import defaults as advisor_defaults
 from scalable.controller.quantities import quantity
+from scalable.controller.scrape_labels import SCOPE_MATCHERS
 from scalable.scaling.config import DEFAULTS as SCALER_DEFAULTS
 from scalable.scaling.config import ScalerConfig
 
@@ -219,19 +220,24 @@ class ScalingMode(str, enum.Enum):
 
 class PrometheusQueries(_Spec):
     """PromQL templates; ``$cluster``, ``$namespace`` (and ``$group``, which makes the queue
-    queries per worker group) are substituted (string.Template)."""
+    queries per worker group) are substituted (string.Template). Every selector must carry
+    namespace="$namespace" and dask_org_cluster_name="$cluster", the labels the usual scrape of
+    dask-kubernetes' pods attaches; a query that could read another cluster's series is refused."""
 
-    queued: str = 'sum(dask_scheduler_tasks{state=~"queued|no-worker|waiting",namespace="$namespace",cluster="$cluster"})'
-    processing: str = 'sum(dask_scheduler_tasks{state="processing",namespace="$namespace",cluster="$cluster"})'
-    workers: str = 'sum(dask_scheduler_workers{state!="closed",namespace="$namespace",cluster="$cluster"})'
+    queued: str = f'sum(dask_scheduler_tasks{{state=~"queued|no-worker|waiting",{SCOPE_MATCHERS}}})'
+    processing: str = f'sum(dask_scheduler_tasks{{state="processing",{SCOPE_MATCHERS}}})'
+    workers: str = f'sum(dask_scheduler_workers{{state!="closed",{SCOPE_MATCHERS}}})'
     workerMemory: str = Field(
-        default='sum by (instance) (dask_worker_memory_bytes{type!="spilled",namespace="$namespace",cluster="$cluster"})',
+        default=f'sum by (instance) (dask_worker_memory_bytes{{type!="spilled",{SCOPE_MATCHERS}}})',
         description="Memory in use per worker (one series per worker); recorded as telemetry by the operator.",
     )
 
 
 class PrometheusSource(_Spec):
-    url: str | None = Field(default=None, pattern=r"^https?://", description="Prometheus base URL; defaults to the operator's --prometheus-url.")
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048,
+                            description="Prometheus base URL; defaults to the operator's --prometheus-url. Must be allowed by "
+                                        "the operator's policy (chart value prometheusPolicy.allowedUrls; default: in-cluster "
+                                        "Services); credentials in the URL are refused and redirects are not followed.")
     queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
     timeoutSeconds: float = Field(default=5, gt=0, le=60)
 

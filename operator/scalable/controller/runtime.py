@@ -18,7 +18,8 @@ import aiohttp
 from scalable.controller.kube import KubeClient
 from scalable.controller.metrics import OperatorMetrics
 from scalable.controller.observe import OperatorRecorder
-from scalable.controller.prometheus import PrometheusClient, QueueMetrics, SchedulerMetrics
+from scalable.controller.prometheus import MetricsUnavailable, PrometheusClient, QueueMetrics, SchedulerMetrics
+from scalable.controller.prometheus_policy import DEFAULT_ALLOWED_URLS, UrlNotAllowed, UrlPolicy
 from scalable.controller.resources import ScalableWorkflowSpec
 from scalable.controller.storage import TelemetryRoot
 
@@ -32,6 +33,8 @@ DEFAULT_SCHEDULER_URL = "http://$cluster-scheduler.$namespace.svc:8787"
 class OperatorConfig:
     telemetry_path: str
     prometheus_url: str | None = None
+    #: what spec.scaling.prometheus.url may name (:mod:`scalable.controller.prometheus_policy`)
+    prometheus_allowed_urls: tuple[str, ...] = DEFAULT_ALLOWED_URLS
     scheduler_url_template: str | None = DEFAULT_SCHEDULER_URL
     sizing_interval_s: float = 300.0
     observe_interval_s: float = 60.0
@@ -48,6 +51,7 @@ class Runtime:
     session: aiohttp.ClientSession
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     root: TelemetryRoot = field(init=False)
+    url_policy: UrlPolicy = field(init=False)
     recorder: OperatorRecorder = field(init=False)
     wakeups: dict[tuple[str, str, str], asyncio.Event] = field(default_factory=dict)
     advisors: Any = None
@@ -57,6 +61,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.root = TelemetryRoot(self.config.telemetry_path)
         self.recorder = OperatorRecorder(self.root)
+        self.url_policy = UrlPolicy(self.config.prometheus_allowed_urls, self.config.prometheus_url)
 
     async def autoscalers(self, namespace: str, max_age_s: float = 5.0) -> list[dict[str, Any]]:
         """DaskAutoscalers of a namespace, listed at most every ``max_age_s`` (shared by all
@@ -77,9 +82,15 @@ class Runtime:
         return event
 
     def prometheus_for(self, spec: ScalableWorkflowSpec) -> PrometheusClient | None:
+        """The workflow's Prometheus, None when there is none; :class:`MetricsUnavailable`
+        (``URLNotAllowed``) when its URL is outside the admin's policy."""
         url = spec.scaling.prometheus.url or self.config.prometheus_url
         if not url:
             return None
+        try:
+            self.url_policy.check(url)
+        except UrlNotAllowed as exc:
+            raise MetricsUnavailable("URLNotAllowed", f"spec.scaling.prometheus.url is not queried: {exc}") from exc
         return PrometheusClient(url, self.session, spec.scaling.prometheus.timeoutSeconds)
 
     def scheduler_for(self, namespace: str, cluster: str) -> SchedulerMetrics | None:

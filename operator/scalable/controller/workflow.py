@@ -25,7 +25,7 @@ import pydantic
 from scalable.controller import sizing, worker_pods
 from scalable.controller.conditions import get_condition, merge_conditions, set_condition
 from scalable.controller.kube import Conflict, KubeError
-from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics, render_queries
+from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.resources import ScalableWorkflowSpec
 from scalable.controller.runtime import Runtime, no_prometheus
 from scalable.controller.dask_objects import (
@@ -414,15 +414,19 @@ class WorkflowLoop:
 
     async def _observe_workers(self, spec: ScalableWorkflowSpec, targets: list[GroupTarget]) -> None:
         """Worker memory per worker from Prometheus into telemetry; failures only logged."""
-        client = self.rt.prometheus_for(spec)
+        try:
+            client = self.rt.prometheus_for(spec)
+        except MetricsUnavailable:
+            return  # the scaling poll reports it (PrometheusAvailable=False)
         if client is None:
             return
         for target in targets:
-            query = render_queries(spec.scaling.prometheus.queries, spec.clusterRef.name, self.namespace, target.group.name)["workerMemory"]
             try:
-                memory = await client.query_series(query, "workerMemory")
+                memory = await client.worker_memory(spec.scaling.prometheus.queries, spec.clusterRef.name, self.namespace,
+                                                    target.group.name)
             except MetricsUnavailable as exc:
-                log.info("worker memory of %s/%s not recorded: %s", self.namespace, self.name, exc.message)
+                # the reason and the operator's own wording only (issue 15: no read-back)
+                log.info("worker memory of %s/%s not recorded: %s (%s)", self.namespace, self.name, exc.reason, exc.message)
                 return
             if memory:
                 tag = target.group.tag or target.group.name
