@@ -16,7 +16,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import kopf
 from aiohttp import web
 
@@ -24,6 +23,7 @@ from scalable.controller.handlers import build_registry
 from scalable.controller.kube import KubeClient
 from scalable.controller.leader import LeaderElector
 from scalable.controller.metrics import health_app
+from scalable.controller.prometheus_policy import UrlPolicy, guarded_session
 from scalable.controller.runtime import OperatorConfig, Runtime
 from scalable.controller.training import AdvisorProvider, Trainer
 
@@ -67,7 +67,9 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None, s
         raise ValueError("give --namespace at least once, or --all-namespaces")
     stop = stop or asyncio.Event()
     kube = await KubeClient.connect(options.kubeconfig)
-    rt = Runtime(options.config, kube, aiohttp.ClientSession())
+    # Prometheus and scheduler URLs are the tenants': names are checked again when resolved
+    policy = UrlPolicy(options.config.prometheus_allowed_urls, options.config.prometheus_url)
+    rt = Runtime(options.config, kube, guarded_session(policy))
     rt.advisors = AdvisorProvider(kube, rt.root)
     rt.trainer = Trainer(options.config.training_workers)
     identity = options.identity or f"{socket.gethostname()}-{os.getpid()}"

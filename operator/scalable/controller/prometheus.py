@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from scalable.controller.prometheus_policy import AddressNotAllowed
 from scalable.controller.promql_scope import QueryNotAllowed, check_scoped
 
 __all__ = [
@@ -136,6 +137,10 @@ async def _fetch(session: aiohttp.ClientSession, url: str, params: Mapping[str, 
             body = await response.content.read(MAX_ANSWER_BYTES + 1)
     except asyncio.TimeoutError as exc:
         raise failed("Timeout", f"did not answer within {timeout:g}s") from exc
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, AddressNotAllowed):
+            raise failed("URLNotAllowed", f"is not queried: {exc.os_error}") from exc
+        raise failed("Unreachable", "cannot be reached") from exc
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         raise failed("Unreachable", "cannot be reached") from exc
     if len(body) > MAX_ANSWER_BYTES:

@@ -11,20 +11,40 @@ An entry is ``[scheme://]host[:port]``: no scheme means http or https, no port m
 and a host ``*.example`` means any name that ends in ``.example``. IP addresses are matched as
 written (``127.0.0.1``, ``[::1]``). Independently of the list, a URL with credentials in it
 (``user:pass@``), a query string or a fragment is refused, and only http and https are spoken.
+
+A name is checked once more when it is resolved (:func:`guarded_session`): a tenant can make
+``x.their-namespace.svc`` point anywhere with an ExternalName Service, so a name the list
+matches only by a ``*.`` pattern must not resolve to a loopback, link-local (cloud metadata),
+unspecified or multicast address. Names and addresses the admin wrote out are trusted.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_ALLOWED_URLS", "UrlNotAllowed", "UrlPolicy", "parse_allowed_urls"]
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+__all__ = ["AddressNotAllowed", "DEFAULT_ALLOWED_URLS", "GuardedResolver", "UrlNotAllowed", "UrlPolicy",
+           "guarded_session", "parse_allowed_urls"]
 
 #: in-cluster Services: the chart's default too
 DEFAULT_ALLOWED_URLS = ("*.svc", "*.svc.cluster.local")
 SCHEMES = ("http", "https")
+
+
+#: where a name matched by a pattern must not lead: loopback, link-local (169.254.169.254 and
+#: fd00:ec2::254 are metadata endpoints), Alibaba's metadata address, unspecified, multicast
+BLOCKED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "100.100.100.200/32", "224.0.0.0/4",
+    "::/128", "::1/128", "fe80::/10", "fd00:ec2::254/128", "ff00::/8",
+))
 
 
 class UrlNotAllowed(ValueError):
@@ -85,6 +105,12 @@ class UrlPolicy:
         self.entries = tuple(_entry(item) for item in self.allowed)
         self.default_url = default_url.rstrip("/") if default_url else None
 
+    def named_explicitly(self, host: str) -> bool:
+        """Whether the admin wrote ``host`` out (an entry without ``*.``, or the default URL's)."""
+        host = host.lower().rstrip(".")
+        default = (urlsplit(self.default_url).hostname or "").lower() if self.default_url else ""
+        return host == default or any(not e.host.startswith("*.") and e.host == host for e in self.entries)
+
     def check(self, url: str) -> None:
         """Raise :class:`UrlNotAllowed` unless a workflow may query ``url``."""
         if self.default_url is not None and url.rstrip("/") == self.default_url:
@@ -120,3 +146,44 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class AddressNotAllowed(OSError):
+    """A name resolved only to addresses the operator does not connect to."""
+
+
+def _blocked(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in BLOCKED_NETWORKS if network.version == ip.version)
+
+
+class GuardedResolver(AbstractResolver):
+    """The system's resolver, without the addresses a pattern-matched name must not reach."""
+
+    def __init__(self, policy: UrlPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        if self.policy.named_explicitly(host):
+            return results
+        kept = [r for r in results if not _blocked(r["host"])]
+        if not kept:
+            raise AddressNotAllowed("the name resolves only to loopback, link-local or other addresses the operator does not query")
+        return kept
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def guarded_session(policy: UrlPolicy, **kwargs: Any) -> aiohttp.ClientSession:
+    """The HTTP session for Prometheus and scheduler fetches: names resolved through
+    :class:`GuardedResolver`, and no cookies kept between tenants."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy))
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), **kwargs)

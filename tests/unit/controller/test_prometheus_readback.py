@@ -12,7 +12,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from scalable.controller.prometheus import MetricsUnavailable, PrometheusClient, SchedulerMetrics
-from scalable.controller.prometheus_policy import UrlNotAllowed, UrlPolicy, parse_allowed_urls
+from scalable.controller.prometheus_policy import UrlNotAllowed, UrlPolicy, _blocked, guarded_session, parse_allowed_urls
 
 SECRET = "AKIA-SECRET-ROLE-CREDENTIALS-42"
 
@@ -138,3 +138,34 @@ def test_the_admins_list_decides_and_the_default_url_is_always_allowed():
 def test_bad_entries_are_refused_at_startup(entry):
     with pytest.raises(ValueError):
         parse_allowed_urls(entry)
+
+
+async def test_a_pattern_matched_name_that_resolves_to_loopback_is_not_connected(metadata):
+    # an ExternalName Service makes x.tenant.svc a CNAME for anything; here the system resolver
+    # turns "localhost" into 127.0.0.1, and only a pattern would have let the name through
+    fake, url, _ = metadata[0], metadata[2], metadata[3]
+    port = url.rsplit(":", 1)[1]
+    policy = UrlPolicy(("*.svc",))
+    async with guarded_session(policy) as session:
+        with pytest.raises(MetricsUnavailable) as info:
+            await PrometheusClient(f"http://localhost:{port}", session, timeout=2).query("up", "queued")
+        assert info.value.reason == "URLNotAllowed" and "loopback" in info.value.message
+        with pytest.raises(MetricsUnavailable) as info:
+            await SchedulerMetrics(f"http://localhost:{port}", session, timeout=2).queue_metrics()
+        assert info.value.reason == "SchedulerUnavailable"
+    assert fake.hits == [], "the guarded session connected to a loopback address"
+    # a name the admin wrote out is trusted as written
+    fake.mode = 404
+    async with guarded_session(UrlPolicy(("localhost",))) as session:
+        with pytest.raises(MetricsUnavailable) as info:
+            await PrometheusClient(f"http://localhost:{port}", session, timeout=2).query("up", "queued")
+    assert info.value.reason == "HTTPClientError" and fake.hits
+
+
+@pytest.mark.parametrize("address, blocked", [
+    ("169.254.169.254", True), ("127.0.0.1", True), ("::1", True), ("fe80::1%eth0", True), ("fd00:ec2::254", True),
+    ("::ffff:169.254.169.254", True), ("100.100.100.200", True), ("0.0.0.0", True), ("10.96.0.10", False),
+    ("fd12::1", False), ("192.168.1.5", False),
+])
+def test_which_resolved_addresses_are_refused(address, blocked):
+    assert _blocked(address) is blocked
