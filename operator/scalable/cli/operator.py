@@ -44,6 +44,10 @@ def run(
     identity: Optional[str] = typer.Option(None, envvar="POD_NAME", help="This replica's name in the Lease."),
     kubeconfig: Optional[str] = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig; in-cluster ServiceAccount without."),
     sizing_interval: float = typer.Option(300.0, help="Seconds between re-sizing checks of a workflow."),
+    prometheus_batch_age: float = typer.Option(
+        1.0, min=0.0, max=60.0,
+        help="Workflows with the default queue queries due within this many seconds share one grouped Prometheus "
+             "query per metric; 0 asks Prometheus per workflow."),
     training_workers: int = typer.Option(1, help="Training processes."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -73,7 +77,7 @@ def run(
     config = OperatorConfig(
         telemetry_path=str(telemetry_path), prometheus_url=prometheus_url, prometheus_allowed_urls=allowed_urls,
         scheduler_url_template=scheduler_url or None,
-        sizing_interval_s=sizing_interval, training_workers=training_workers,
+        sizing_interval_s=sizing_interval, training_workers=training_workers, prometheus_batch_age_s=prometheus_batch_age,
     )
     options = RunOptions(
         config=config, namespaces=list(namespace), clusterwide=all_namespaces, metrics_host=bind, metrics_port=metrics_port,

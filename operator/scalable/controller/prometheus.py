@@ -202,6 +202,22 @@ class PrometheusClient:
             out[str(key)] = check_value(_sample(series), what)
         return out
 
+    async def grouped(self, promql: str, labels: tuple[str, ...], what: str = "query") -> dict[tuple[str, ...], float]:
+        """Every series of an instant vector keyed by the values of ``labels`` (an aggregation
+        ``by`` them; a series lacking one is skipped), each value checked."""
+        data = await self._data(promql, what)
+        result = data.get("result")
+        if data.get("resultType") != "vector" or not isinstance(result, list):
+            raise MetricsUnavailable("BadResponse", f"{what}: expected an instant vector")
+        out: dict[tuple[str, ...], float] = {}
+        for series in result:
+            metric = series.get("metric") if isinstance(series, dict) else None
+            metric = metric if isinstance(metric, dict) else {}
+            key = tuple(metric.get(label) for label in labels)
+            if all(isinstance(v, str) for v in key):
+                out[key] = check_value(_sample(series), what)
+        return out
+
     async def queue_metrics(self, queries: Mapping[str, str] | Any, cluster: str, namespace: str,
                             group: str = "default") -> QueueMetrics:
         """Queued, processing and worker counts of one cluster; empty queue series are no data."""

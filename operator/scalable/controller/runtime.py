@@ -20,6 +20,7 @@ from scalable.controller.metrics import OperatorMetrics
 from scalable.controller.observe import OperatorRecorder
 from scalable.controller.prometheus import MetricsUnavailable, PrometheusClient, QueueMetrics, SchedulerMetrics
 from scalable.controller.prometheus_policy import DEFAULT_ALLOWED_URLS, UrlNotAllowed, UrlPolicy
+from scalable.controller.queue_batch import QueueBatcher, client_fetch
 from scalable.controller.resources import ScalableWorkflowSpec
 from scalable.controller.storage import TelemetryRoot
 
@@ -42,6 +43,9 @@ class OperatorConfig:
     training_workers: int = 1
     training_timeout_s: float = 3600.0
     min_free_bytes: int = 64 * 1024 * 1024
+    #: default queue queries of all workflows due within this long share one grouped query per
+    #: metric (:mod:`scalable.controller.queue_batch`); 0 asks per workflow
+    prometheus_batch_age_s: float = 1.0
 
 
 @dataclass
@@ -57,11 +61,14 @@ class Runtime:
     advisors: Any = None
     trainer: Any = None
     _autoscalers: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
+    queue_batcher: QueueBatcher | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.root = TelemetryRoot(self.config.telemetry_path)
         self.recorder = OperatorRecorder(self.root)
         self.url_policy = UrlPolicy(self.config.prometheus_allowed_urls, self.config.prometheus_url)
+        age = float(self.config.prometheus_batch_age_s)
+        self.queue_batcher = QueueBatcher(client_fetch(self.session), max_age_s=age) if age > 0 else None
 
     async def autoscalers(self, namespace: str, max_age_s: float = 5.0) -> list[dict[str, Any]]:
         """DaskAutoscalers of a namespace, listed at most every ``max_age_s`` (shared by all

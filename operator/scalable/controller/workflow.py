@@ -26,7 +26,8 @@ from scalable.controller import sizing, worker_pods
 from scalable.controller.conditions import get_condition, merge_conditions, set_condition
 from scalable.controller.kube import Conflict, KubeError
 from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
-from scalable.controller.resources import ScalableWorkflowSpec
+from scalable.controller.queue_batch import batchable
+from scalable.controller.resources import PrometheusQueries, ScalableWorkflowSpec
 from scalable.controller.runtime import Runtime, no_prometheus
 from scalable.controller.dask_objects import (
     DEFAULT_GROUP,
@@ -47,6 +48,9 @@ from scalable.scaling.history import ScalingHistory
 from scalable.units import QuantityError, exact_memory, format_cpu, format_memory, parse_memory
 
 __all__ = ["WorkflowLoop", "size_groups", "cleanup_workflow"]
+
+#: the queue queries a workflow gets when it names none (then its poll can be batched)
+DEFAULT_QUERIES = PrometheusQueries()
 
 log = logging.getLogger("scalable.controller.workflow")
 
@@ -251,6 +255,10 @@ class WorkflowLoop:
         client = self.rt.prometheus_for(spec)
         if client is None:
             return await no_prometheus(namespace, cluster, spec, group)
+        batcher = self.rt.queue_batcher
+        if batcher is not None and group is None and batchable(spec.scaling.prometheus.queries, DEFAULT_QUERIES):
+            # the default queries of every workflow due now, in one grouped query per metric
+            return await batcher.get(client.url, client.timeout, namespace, cluster)
         return await client.queue_metrics(spec.scaling.prometheus.queries, cluster, namespace, group or "default")
 
     async def _scheduler(self, namespace: str, cluster: str) -> QueueMetrics:
