@@ -11,8 +11,8 @@ export SCALABLE_TESTENV_DIR ?= $(HOME)/.cache/scalable-testenv
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-install: ## install the package with its test dependencies (editable)
-	$(PYTHON) -m pip install -q -e '.[test]'
+install: ## install the package, the operator and ml extras and the test dependencies (editable)
+	$(PYTHON) -m pip install -q -e '.[operator,ml,test]'
 
 test: setup lint test-unit test-integration test-e2e test-demo ## on a fresh machine: set up, then run every tier (lint, unit, integration, e2e, demo)
 

@@ -1,6 +1,10 @@
 """``scalable operator run``: the Kubernetes operator (kopf) as a command.
 
 Two replicas may run; a Lease (``--lease-namespace``/``--lease-name``) makes exactly one act.
+The controller comes with the ``[operator]`` extra and is imported only when the command runs
+(never at module level: the CLI imports this module to list its commands), so ``scalable
+--help`` and every other command work on the core install; without the extra this command
+ends with one line naming ``pip install 'scalable-operator[operator]'``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from typing import Optional
 
 import typer
 
-from scalable.controller.prometheus_policy import DEFAULT_ALLOWED_URLS
-
 app = typer.Typer(help="The Kubernetes operator that sizes and scales Dask workflows.", no_args_is_help=True)
 
 
@@ -23,10 +25,11 @@ def run(
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
     telemetry_path: Path = typer.Option(Path("/var/lib/scalable"), help="Root of telemetry and models (the PVC)."),
     prometheus_url: Optional[str] = typer.Option(None, help="Default Prometheus for workflows that name none."),
-    prometheus_allowed_urls: str = typer.Option(
-        ",".join(DEFAULT_ALLOWED_URLS), envvar="SCALABLE_PROMETHEUS_ALLOWED_URLS",
+    prometheus_allowed_urls: Optional[str] = typer.Option(
+        None, envvar="SCALABLE_PROMETHEUS_ALLOWED_URLS", show_default=False,
         help="Comma-separated scheme://host:port entries (scheme and port optional, host may be *.suffix) a workflow's "
-             "spec.scaling.prometheus.url may name; '' allows only --prometheus-url.",
+             "spec.scaling.prometheus.url may name; '' allows only --prometheus-url. "
+             "Default: in-cluster Services (*.svc,*.svc.cluster.local, the chart's default too).",
     ),
     scheduler_url: str = typer.Option(
         "http://$cluster-scheduler.$namespace.svc:8787",
@@ -52,9 +55,18 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator until interrupted."""
-    from scalable.controller.app import RunOptions, run_operator
-    from scalable.controller.prometheus_policy import parse_allowed_urls
-    from scalable.controller.runtime import OperatorConfig
+    from scalable.cli.errors import SYSTEM_ERROR, fail
+    from scalable.extras import OPERATOR, MissingExtraError, require
+
+    try:  # the controller is the [operator] extra: a core install says what to install
+        app_module, policy, runtime = (require(f"scalable.controller.{name}", extra=OPERATOR, needed_by="scalable operator")
+                                       for name in ("app", "prometheus_policy", "runtime"))
+    except MissingExtraError as exc:
+        raise fail(str(exc), code=SYSTEM_ERROR) from None
+    RunOptions, run_operator, OperatorConfig = app_module.RunOptions, app_module.run_operator, runtime.OperatorConfig
+    parse_allowed_urls = policy.parse_allowed_urls
+    if prometheus_allowed_urls is None:
+        prometheus_allowed_urls = ",".join(policy.DEFAULT_ALLOWED_URLS)
 
     if not namespace and not all_namespaces:
         typer.echo("error: give --namespace NS (repeatable) or --all-namespaces", err=True)

@@ -11,6 +11,9 @@ It cannot be exercised without a cluster running the dask-kubernetes controller,
 tests cover only what is built here from the manifest (:func:`worker_command`,
 :func:`pod_resources`) and the refusal of an incomplete manifest; the scheduler and
 workers need ``scalable`` installed in their image for telemetry and queue state.
+
+dask-kubernetes comes with the ``[operator]`` extra; it is imported when a target is made, so a
+core install fails there, before anything starts, naming ``pip install 'scalable-operator[operator]'``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from distributed import Client
 
+from scalable.extras import OPERATOR, require
 from scalable.session.local import TAG_RESOURCE_AMOUNT
 from scalable.session.manifest import Manifest, WorkerGroup, resource_name
 from scalable.units import resources_block
@@ -53,14 +57,14 @@ class KubernetesTarget:
     def __init__(self, manifest: Manifest) -> None:
         if not manifest.kubernetes.cluster:
             raise ValueError("scalable.yaml: kubernetes.cluster: name the DaskCluster to use (target: kubernetes)")
+        self._kubecluster = require(
+            "dask_kubernetes.operator.kubecluster.kubecluster", extra=OPERATOR, needed_by="the session's kubernetes target")
         self.manifest = manifest
         self.cluster: Any = None
         self._replicas: dict[str, int] = {}
 
     def start(self) -> Client:
-        from dask_kubernetes.operator import KubeCluster
-        from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
-
+        KubeCluster, CreateMode = self._kubecluster.KubeCluster, self._kubecluster.CreateMode
         settings = self.manifest.kubernetes
         self.cluster = KubeCluster(
             name=settings.cluster,

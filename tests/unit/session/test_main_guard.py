@@ -79,7 +79,9 @@ def test_every_python_example_has_the_main_guard(where, code):
 
 def test_readme_api_example_runs_as_pasted(tmp_path):
     """The README's Python API example, pasted into a script after `scalable init`, runs to the end."""
-    code = dict(_python_examples())["README.md#1"]
+    # the Python API section's (the quickstart's, README.md#1, runs in tests/unit/deploy/test_core_install.py)
+    code = next(code for where, code in _python_examples()
+                if where.startswith("README.md#") and "LearnedAdvisor.from_history" in code)
     assert "ScalableSession" in code
     _init(tmp_path)
     done, seconds = _run(code, tmp_path)
