@@ -141,7 +141,7 @@ def test_the_blocker_really_hides_the_operator_extra(core_only, tmp_path):
 
 @pytest.mark.slow
 def test_the_readme_quickstart_runs_on_the_core_install(core_only, tmp_path):
-    """init, a session on a LocalCluster, advise and evaluate, exactly as the README writes them,
+    """init, a session on a LocalCluster, telemetry report, advise and evaluate, exactly as the README writes them,
     without the [operator] extra, and without scalable even trying to import it."""
     script = _quickstart()
     assert "scalable init" in script and "python sweep.py" in script
@@ -151,6 +151,7 @@ def test_the_readme_quickstart_runs_on_the_core_install(core_only, tmp_path):
     here = tmp_path / "quickstart"
     assert (here / "scalable.yaml").is_file()
     assert list((here / ".scalable" / "runs").glob("*/tasks.jsonl")), "the session recorded no runs"
+    assert "Top tasks by count" in done.stdout
     assert "Recommendation for run_demeter_scenario" in done.stdout
     assert "LearnedAdvisor" in done.stdout and "jobs scored" in done.stdout
     assert (here / "scalable-evaluate.png").stat().st_size > 1000
