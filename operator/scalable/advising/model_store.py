@@ -110,7 +110,7 @@ class ModelStore:
         self.root = Path(root)
 
     def _model_dir(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ModelStoreError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
         return self.root / name
 
@@ -118,7 +118,7 @@ class ModelStore:
         directory = self._model_dir(name)
         if not directory.is_dir():
             return []
-        found = (_VERSION_DIR.match(p.name) for p in directory.iterdir() if p.is_dir())
+        found = (_VERSION_DIR.fullmatch(p.name) for p in directory.iterdir() if p.is_dir())
         return sorted(int(m.group(1)) for m in found if m)
 
     def latest(self, name: str = "default") -> int | None:
@@ -136,7 +136,7 @@ class ModelStore:
                 raise ModelStoreError(f"no model {name!r} in {self.root}")
             return latest
         text = str(version)
-        match = _VERSION_DIR.match(text) or re.match(r"^(\d+)$", text)
+        match = _VERSION_DIR.fullmatch(text) or re.fullmatch(r"(\d+)", text)
         if not match:
             raise ModelStoreError(f"invalid model version {version!r}: use a number or v<number>")
         return int(match.group(1))
@@ -239,8 +239,8 @@ class ModelStore:
     def resolve_root(self) -> tuple["ModelStore", str, int | None]:
         """Interpret ``root`` given by a user: a store root, a model directory or a version
         directory; returns the store, model name and version (None for the latest)."""
-        if (self.root / METADATA_FILE).is_file() and _VERSION_DIR.match(self.root.name):
+        if (self.root / METADATA_FILE).is_file() and _VERSION_DIR.fullmatch(self.root.name):
             return ModelStore(self.root.parent.parent), self.root.parent.name, int(self.root.name[1:])
-        if self.root.is_dir() and any(_VERSION_DIR.match(p.name) for p in self.root.iterdir() if p.is_dir()):
+        if self.root.is_dir() and any(_VERSION_DIR.fullmatch(p.name) for p in self.root.iterdir() if p.is_dir()):
             return ModelStore(self.root.parent), self.root.name, None
         return self, "default", None

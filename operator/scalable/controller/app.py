@@ -87,14 +87,15 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None, s
             runners.append(runner)
         if options.ingest_port is not None:
             from scalable.controller.ingest import ingest_app
+            from scalable.controller.ingest_server import serve_ingest
 
             context = None
             if options.ingest_tls_cert:
                 # callers send ServiceAccount tokens: serve them over TLS unless a mesh does
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(options.ingest_tls_cert, options.ingest_tls_key)
-            runner, ports["ingest"] = await _serve(ingest_app(rt, audiences=options.ingest_audiences),
-                                                   options.ingest_host, options.ingest_port, context)
+            runner, ports["ingest"] = await serve_ingest(ingest_app(rt, audiences=options.ingest_audiences),
+                                                         options.ingest_host, options.ingest_port, context)
             runners.append(runner)
         if started is not None:
             started(rt, ports, elector)

@@ -26,6 +26,16 @@ records this request stored (the new ones), ``duplicates`` those it did not beca
 there already; a replay of a batch answers 200 with ``accepted: 0``. Checking and appending
 hold an exclusive ``flock`` on the run directory, so two operator processes sharing the volume
 cannot both store the same record.
+
+Hostile callers (issue 15): a token that is not RFC 6750 characters is 401 without asking the
+API server; who a token is and what it may do is cached for :data:`AUTH_TTL_S` seconds (so a
+revoked token or RoleBinding stops working within that time), and the TokenReviews that cache
+misses cost are rate-limited per caller address and in total (:class:`_ReviewBudget`; over it,
+429 with ``Retry-After``), so junk tokens cannot hammer the API server. The API server
+unreachable or failing is 503 at every step; a body not sent within the body timeout is 408; a
+body that cannot be decoded (wrong ``Content-Encoding``, not UTF-8) is 400 or 415. Slow and
+idle connections are closed by :mod:`scalable.controller.ingest_server`. A run directory whose
+``run.json`` is missing or invalid belongs to nobody that can be verified: 409, not joined.
 """
 
 from __future__ import annotations
@@ -34,27 +44,48 @@ import asyncio
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import stat
 import shutil
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import httpx
 import pydantic
 from aiohttp import web
 
+from scalable.controller.ingest_server import LIMITS_KEY, IngestLimits, answered
 from scalable.controller.kube import KubeError
 from scalable.controller.storage import StorageError, validate_name, validate_namespace
 from scalable.telemetry.dedupe import RunKeys, model_key
 from scalable.telemetry.schema import RECORD_FILES, RECORD_TYPES, RunInfo
-from scalable.telemetry.store import RunStore, is_run_dir_name, new_run_id
+from scalable.telemetry.store import RUN_INFO_FILE, RunStore, is_run_dir_name, new_run_id
 
-__all__ = ["ingest_app", "MAX_BODY_BYTES", "MAX_RECORDS"]
+__all__ = ["ingest_app", "AUTH_TTL_S", "MAX_BODY_BYTES", "MAX_RECORDS", "REVIEWS_PER_PEER", "REVIEWS_TOTAL"]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_RECORDS = 100_000
-_AUTH_TTL_S = 60.0
+#: how long a TokenReview + SubjectAccessReview answer is reused: a revoked token, ServiceAccount
+#: or RoleBinding stops working within this many seconds
+AUTH_TTL_S = 5.0
+#: TokenReviews (cache misses) per second and burst, per caller address and for all callers
+REVIEWS_PER_PEER = (5.0, 20)
+REVIEWS_TOTAL = (50.0, 100)
+#: a bearer token as RFC 6750 defines it (b64token), and no longer than any real JWT
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_MAX_TOKEN = 16 * 1024
+#: the Content-Encodings aiohttp decodes (anything else would reach the JSON parser as bytes)
+_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+#: what the API server client raises when the API server cannot be reached or answers badly
+_API_DOWN = (KubeError, httpx.HTTPError, OSError, asyncio.TimeoutError)
 #: runs whose record keys stay in memory between batches (older ones are read again when needed)
 _KEY_CACHE_RUNS = 256
 
@@ -64,19 +95,59 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
+class _Bucket:
+    """A token bucket: ``rate`` per second, at most ``burst`` at once."""
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, burst, float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class _ReviewBudget:
+    """How many TokenReviews the ingestion may ask for: per caller address and in total."""
+
+    def __init__(self, per_peer: tuple[float, int] = REVIEWS_PER_PEER, total: tuple[float, int] = REVIEWS_TOTAL) -> None:
+        self.per_peer = per_peer
+        self.total = _Bucket(*total)
+        self.peers: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, peer: str) -> bool:
+        bucket = self.peers.pop(peer, None) or _Bucket(*self.per_peer)
+        self.peers[peer] = bucket
+        while len(self.peers) > 4096:
+            self.peers.popitem(last=False)
+        return bucket.take() and self.total.take()
+
+
 class _Authorizer:
-    """TokenReview + SubjectAccessReview with a short cache (a client pushes many batches)."""
+    """TokenReview + SubjectAccessReview with a short cache (a client pushes many batches) and
+    a budget of reviews, so neither a busy client nor junk tokens hammer the API server."""
 
     def __init__(self, kube: Any, audiences: list[str] | None = None) -> None:
         self.kube = kube
         self.audiences = audiences
-        self._cache: dict[tuple[str, str, str], tuple[float, int, str]] = {}
+        self.budget = _ReviewBudget()
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, int, str]] = OrderedDict()
 
-    async def check(self, token: str, namespace: str, name: str) -> tuple[int, str]:
+    async def check(self, token: str, namespace: str, name: str, peer: str = "?") -> tuple[int, str]:
+        """(200, username), or (401/403/429, why); raises what the API client raises when the
+        API server cannot answer."""
         key = (hashlib.sha256(token.encode()).hexdigest(), namespace, name)
         cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < _AUTH_TTL_S:
+        if cached is not None and time.monotonic() - cached[0] < AUTH_TTL_S:
             return cached[1], cached[2]
+        if not self.budget.take(peer):
+            return 429, "too many token reviews from this address; retry in a second"
         review = await self.kube.token_review(token, self.audiences)
         if not review.get("authenticated"):
             result = (401, review.get("error") or "the token is not valid")
@@ -88,10 +159,40 @@ class _Authorizer:
             else:
                 why = access.get("reason") or "no RBAC rule allows it"
                 result = (403, f"{user.get('username')!r} may not update scalableworkflows/{name} in namespace {namespace!r}: {why}")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
+        self._cache.pop(key, None)
         self._cache[key] = (time.monotonic(), *result)
+        while len(self._cache) > 10_000:
+            self._cache.popitem(last=False)
         return result
+
+
+class _RunLocks:
+    """One asyncio lock per run, dropped when nobody holds or waits for it.
+
+    Counting holders and waiters (not asking ``lock.locked()``) matters: between a release and
+    the wake-up of the next waiter the lock is briefly unlocked, and dropping it then would let
+    a third request create a new lock and write the run alongside the woken waiter.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def _validate(run_id: str, records: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -161,12 +262,74 @@ def _new_records(valid: list[Any], stored: set[str]) -> list[Any]:
     return fresh
 
 
-def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
+RUN_LOCKS_KEY = web.AppKey("run_locks", _RunLocks)
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
+def _claim_run(runs_dir: Any, run_id: str, name: str, run: dict[str, Any]) -> tuple[str | None, bool]:
+    """Create the run, or check that an existing one is this workflow's: (None if it may be
+    written, else why not; whether it was created here). Holds an exclusive ``flock`` on the namespace's runs directory, so
+    two requests (in two processes) creating the same run cannot both think it new, and a run
+    directory whose ``run.json`` is missing or invalid (null ``started_at``, junk) is never
+    joined: whose it is cannot be told, so it is nobody's to write."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        store = RunStore(runs_dir)
+        try:
+            st = os.stat(run_id, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            store.open_run(run_id=run_id, **run)  # run.json now; the writer has opened no file yet
+            return None, True
+        if not stat.S_ISDIR(st.st_mode):
+            return f"run {run_id!r} exists but is not a directory", False
+        existing = store.run_info(run_id)
+        if existing is None:
+            return f"run {run_id!r} exists but its {RUN_INFO_FILE} is missing or invalid; push to a new run_id", False
+        if existing.workflow != name:
+            return f"run {run_id!r} belongs to workflow {existing.workflow!r}", False
+        return None, False
+    finally:
+        os.close(dir_fd)  # releases the flock
+
+
+def ingest_app(rt: Any, audiences: list[str] | None = None, limits: IngestLimits | None = None) -> web.Application:
     """The aiohttp app; with ``audiences``, only tokens bound to one of them are accepted (a
-    projected token for "scalable" cannot be replayed against the API server, and vice versa)."""
+    projected token for "scalable" cannot be replayed against the API server, and vice versa).
+    ``limits`` carries the body timeout for the handler and the connection deadlines for
+    :func:`scalable.controller.ingest_server.serve_ingest`."""
+    limits = limits or IngestLimits()
     authorizer = _Authorizer(rt.kube, audiences)
     key_cache = _KeyCache()
-    run_locks: dict[tuple[str, str], asyncio.Lock] = {}
+    run_locks = _RunLocks()
+
+    async def api(call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        try:
+            return await call()
+        except _API_DOWN as exc:
+            raise web.HTTPServiceUnavailable(text=f"cannot {what}: the API server did not answer ({type(exc).__name__}); retry later",
+                                             headers={"Retry-After": "5"}) from exc
+
+    async def read_body(request: web.Request) -> Any:
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                data = await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text=f"the body did not arrive within {limits.body_timeout_s:g} s") from None
+        except (web.RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            # a body that does not decode as its Content-Encoding says (not gzip, a bomb cut off)
+            raise web.HTTPBadRequest(text="the body could not be read as its Content-Encoding says; "
+                                          "send it plain, gzip or deflate") from exc
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise web.HTTPBadRequest(text="the body must be UTF-8 JSON, nested no deeper than Python's recursion limit: "
+                                          "{\"run\": {...}, \"records\": [...]}") from None
 
     async def push(request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -176,22 +339,24 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
         except StorageError as exc:
             return _error(400, str(exc))
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer ") or not header[7:].strip():
+        token = header[7:].strip() if header.startswith("Bearer ") else ""
+        if not token:
             return _error(401, "send the ServiceAccount token as 'Authorization: Bearer <token>'")
-        try:
-            status, who = await authorizer.check(header[7:].strip(), namespace, name)
-        except KubeError as exc:
-            return _error(503, f"cannot verify the caller with the API server: {exc}")
+        if len(token) > _MAX_TOKEN or not _BEARER.fullmatch(token):
+            rt.metrics.records.labels(namespace, "unauthorized").inc()
+            return _error(401, "the bearer token is not a token: RFC 6750 characters only (A-Z a-z 0-9 - . _ ~ + / =)")
+        status, who = await api(lambda: authorizer.check(token, namespace, name, _peer(request)), "verify the caller")
         if status != 200:
             rt.metrics.records.labels(namespace, "unauthorized").inc()
+            if status == 429:
+                return web.json_response({"error": who}, status=429, headers={"Retry-After": "1"})
             return _error(status, who)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in _ENCODINGS:
+            return _error(415, f"Content-Encoding {encoding[:40]!r} is not understood; send {', '.join(sorted(_ENCODINGS))}")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _error(413, f"at most {MAX_BODY_BYTES} bytes per request; send several batches with the same run_id")
-        try:
-            body = await request.json()
-        except (ValueError, RecursionError):
-            return _error(400, "the body must be JSON, nested no deeper than Python's recursion limit: "
-                                "{\"run\": {...}, \"records\": [...]}")
+        body = await read_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             return _error(400, "the body must be a JSON object with a 'records' list")
         records = body["records"]
@@ -209,12 +374,13 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
         try:
             RunInfo.model_validate({"run_id": run_id, **run})
         except pydantic.ValidationError as exc:
-            return _error(400, f"invalid run: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+            first = exc.errors()[0]
+            return _error(400, f"invalid run: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
         valid, refused = _validate(run_id, records)
         if refused:
             rt.metrics.records.labels(namespace, "refused").inc(len(refused))
             return _error(400, f"{len(refused)} of {len(records)} records are invalid; nothing was stored", refused=refused[:100])
-        workflow = await rt.kube.get("ScalableWorkflow", namespace, name)
+        workflow = await api(lambda: rt.kube.get("ScalableWorkflow", namespace, name), "look the workflow up")
         if workflow is None:
             return _error(404, f"ScalableWorkflow {name!r} not found in namespace {namespace!r}")
         needed = (request.content_length or 0) * 2 + rt.config.min_free_bytes
@@ -224,17 +390,15 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
             return _error(507, "the telemetry volume is full; nothing was stored")
 
         def store() -> tuple[int, int, str | None]:
-            runs_dir.mkdir(parents=True, exist_ok=True)
-            existing = RunStore(runs_dir).run_info(run_id)
-            if existing is not None and existing.workflow != name:
-                return -1, 0, existing.workflow
+            refusal, new_run = _claim_run(runs_dir, run_id, name, run)
+            if refusal is not None:
+                return -1, 0, refusal
             run_dir = runs_dir / run_id
-            new_run = not run_dir.exists()
             sizes = {f: (run_dir / f).stat().st_size for f in set(RECORD_FILES.values()) if (run_dir / f).exists()}
             try:
                 writer = RunStore(runs_dir).open_run(run_id=run_id, **run)
                 try:
-                    dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+                    dir_fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
                         fcntl.flock(dir_fd, fcntl.LOCK_EX)  # check and append as one step, across processes too
                         fresh = _new_records(valid, key_cache.get(namespace, run_id, run_dir).refresh())
@@ -248,19 +412,17 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
                     _roll_back(run_dir, new_run, sizes)
                 raise
 
-        lock = run_locks.setdefault((namespace, run_id), asyncio.Lock())
         try:
-            async with lock:  # one batch at a time per run, so a roll-back cuts only its own lines
-                accepted, duplicates, other = await asyncio.to_thread(store)
+            async with run_locks.hold((namespace, run_id)):  # one batch at a time per run, so a roll-back cuts only its own lines
+                accepted, duplicates, refusal = await asyncio.to_thread(store)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _error(507, "the telemetry volume is full; nothing was stored")
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+                return _error(409, f"run {run_id!r} is not a plain run directory on the volume; push to a new run_id")
             raise
-        finally:
-            if not lock.locked():
-                run_locks.pop((namespace, run_id), None)
         if accepted < 0:
-            return _error(409, f"run {run_id!r} belongs to workflow {other!r}")
+            return _error(409, refusal or f"run {run_id!r} cannot be joined")
         rt.metrics.records.labels(namespace, "accepted").inc(accepted)
         if duplicates:
             rt.metrics.records.labels(namespace, "duplicate").inc(duplicates)
@@ -271,8 +433,17 @@ def ingest_app(rt: Any, audiences: list[str] | None = None) -> web.Application:
 
     from scalable.controller.ingest_openapi import add_openapi_route, json_errors
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    @web.middleware
+    async def tell_the_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            answered(request)  # the connection's next request is due within the idle timeout
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[tell_the_guard, json_errors])
+    app[LIMITS_KEY] = limits
     app.router.add_post("/v1/namespaces/{namespace}/scalableworkflows/{name}/runs", push)
     app.router.add_get("/healthz", healthz)
     add_openapi_route(app)  # GET /openapi.json
+    app[RUN_LOCKS_KEY] = run_locks  # for tests: no lock outlives its users
     return app

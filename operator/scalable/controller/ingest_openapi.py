@@ -7,7 +7,9 @@ the operator accepts. The record schemas are the telemetry library's own JSON Sc
 :func:`json_errors` is an aiohttp middleware that turns every refusal aiohttp makes on its own
 (unknown path 404, wrong method 405, body too large 413) into the same JSON shape the handler
 uses, ``{"error": "..."}``, and an unexpected exception into a 500 with a short JSON message
-(never a stack trace to the client; the trace goes to the operator's log).
+(never a stack trace to the client; the trace goes to the operator's log). Every failure a
+client or a dependency causes has its own 4xx or 503 (the responses below say which), so a 500
+is a bug of the operator.
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ def openapi_spec() -> dict[str, Any]:
             "records": {"type": "array", "maxItems": 100_000, "items": {"anyOf": record_refs}},
         },
     }
-    refusal = _json({"$ref": "#/components/schemas/Error"}, "refused, with the reason")
+
+    def _refusal(why: str) -> dict[str, Any]:
+        return _json({"$ref": "#/components/schemas/Error"}, why)
+
     return {
         "openapi": "3.0.3",
         "info": {
@@ -148,15 +153,24 @@ def openapi_spec() -> dict[str, Any]:
                         ),
                         "400": _json(_error_schema({"refused": {"type": "array", "items": {
                             "type": "object", "properties": {"index": {"type": "integer"}, "reason": {"type": "string"}}}}}),
-                            "invalid path, body or records; nothing was stored"),
-                        "401": refusal,
-                        "403": refusal,
-                        "404": refusal,
-                        "409": refusal,
-                        "413": refusal,
-                        "415": refusal,
-                        "503": refusal,
-                        "507": refusal,
+                            "invalid path (a name with a newline, say), a body that is not UTF-8 JSON or does not "
+                            "decode as its Content-Encoding says, or invalid records: each refused record's index and "
+                            "a reason naming the field (a number not finite, or beyond the schema's maxima: 1 PiB of "
+                            "memory, ten years of duration, the year 9999); nothing was stored"),
+                        "401": _refusal("no token, a token that is not RFC 6750 characters (non-ASCII), or one the "
+                                        "API server does not accept"),
+                        "403": _refusal("the caller may not update this ScalableWorkflow"),
+                        "404": _refusal("no such ScalableWorkflow"),
+                        "408": _refusal("the body did not arrive within the body timeout; retry"),
+                        "409": _refusal("the run belongs to another workflow, or its run.json is missing or invalid "
+                                        "(whose it is cannot be told), or it is not a plain directory"),
+                        "413": _refusal("more than 16 MiB or 100,000 records; split into batches with the same run_id"),
+                        "415": _refusal("a Content-Encoding other than identity, gzip or deflate"),
+                        "429": _refusal("too many token reviews from this address (unknown tokens); retry after "
+                                        "Retry-After seconds"),
+                        "503": _refusal("the API server cannot be reached or failed (retry after Retry-After), or "
+                                        "the server has too many open connections"),
+                        "507": _refusal("the telemetry volume is full; nothing was stored"),
                     },
                 }
             },
@@ -192,7 +206,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         return web.json_response({"error": exc.reason if not exc.text or exc.text.startswith(f"{exc.status}:") else exc.text},
                                  status=exc.status, headers=headers)
     except Exception:  # noqa: BLE001 - the client gets a short answer, the log the trace

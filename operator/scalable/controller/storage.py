@@ -31,13 +31,13 @@ class StorageError(ValueError):
 
 
 def validate_namespace(namespace: str) -> str:
-    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+    if not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace):
         raise StorageError(f"invalid namespace {namespace!r}: must be a DNS label (a-z, 0-9, -; at most 63)")
     return namespace
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or ".." in name:
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.fullmatch(name) or ".." in name:
         raise StorageError(f"invalid object name {name!r}: must be a DNS subdomain (a-z, 0-9, - and .)")
     return name
 

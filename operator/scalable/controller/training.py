@@ -136,7 +136,8 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     runs_dir = Path(request["runs_dir"])
     model_dir = Path(request["model_dir"])
-    frame = load_tasks(runs_dir).frame
+    table = load_tasks(runs_dir)
+    frame = table.frame
     workflows = set(request.get("workflows") or [])
     if workflows and len(frame):
         store = RunStore(runs_dir)
@@ -155,6 +156,14 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
         base["outcome"] = "insufficient"
         base["message"] = (f"{records} records in {runs} runs; no task has the {min_history} observations "
                            "minHistory asks for")
+        base["seconds"] = time.perf_counter() - started
+        return base
+    if not any(frame[column].notna().any() for column in table.feature_columns):
+        # the trees split on input features; with none there is nothing to fit (sklearn would
+        # raise "0 feature(s)"), and the percentile advisor already answers per task
+        base["outcome"] = "insufficient"
+        base["message"] = (f"{records} records in {runs} runs, none with input features: a learned model "
+                           "needs at least one; the percentile advisor serves meanwhile")
         base["seconds"] = time.perf_counter() - started
         return base
     advisor = LearnedAdvisor(

@@ -42,6 +42,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from scalable.telemetry.schema import (
+    MAX_BYTES,
+    MAX_CPU_SECONDS,
+    MAX_CPUS,
+    MAX_EPOCH_S,
+    MAX_MAGNITUDE,
+    MAX_SECONDS,
     RECORD_FILES,
     SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -69,7 +75,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4  # 4: rows out of the schema's ranges (an infinity, 1e400) are no longer cached
 _CACHE_SUBDIR = f"tasks-v{_CACHE_FORMAT}"
 _MANIFEST = "manifest.json"
 #: compact into one segment when there are more, or when dead rows outnumber this share of live ones
@@ -449,12 +455,15 @@ def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
     for name in ("submitted_at", "duration_s"):
         if col(name).null_count:
             return None
-    nonneg = [col("duration_s"), col("cpu_seconds"), col("peak_memory_bytes")]
+    # the schema's ranges (NaN fails both comparisons, an infinity the upper one)
+    bounded = [(col("submitted_at"), MAX_EPOCH_S), (col("started_at"), MAX_EPOCH_S), (col("finished_at"), MAX_EPOCH_S),
+               (col("duration_s"), MAX_SECONDS), (col("cpu_seconds"), MAX_CPU_SECONDS), (col("peak_memory_bytes"), MAX_BYTES)]
     for name in ("worker_resources", "requested"):
-        flat = pc.struct_field(col(name), "cpus"), pc.struct_field(col(name), "memory_bytes")
-        nonneg.extend(flat)
-    for values in nonneg:
-        if not _all(pc.greater_equal(values.fill_null(0), 0)):
+        bounded.append((pc.struct_field(col(name), "cpus"), MAX_CPUS))
+        bounded.append((pc.struct_field(col(name), "memory_bytes"), MAX_BYTES))
+    for values, most in bounded:
+        filled = values.fill_null(0)
+        if not _all(pc.and_(pc.greater_equal(filled, 0), pc.less_equal(filled, most))):
             return None
     state = col("state").fill_null(TaskState.succeeded.value)
     if not _all(pc.is_in(state, value_set=pa.array(_STATES))):
@@ -496,7 +505,10 @@ def _parse_fast(data: bytes, lines: int) -> pa.Table | None:
                 arrays.append(values)
                 names.append(_TEXT_PREFIX + child.name)
             else:
-                arrays.append(as_float(values))
+                numbers = as_float(values)
+                if not _all(pc.less_equal(pc.abs(numbers.fill_null(0)), float(MAX_MAGNITUDE))):
+                    return None  # an infinite, NaN or huge feature: the exact parser counts it
+                arrays.append(numbers)
                 names.append(_FEATURE_PREFIX + child.name)
     return pa.Table.from_arrays(arrays, names=names)
 

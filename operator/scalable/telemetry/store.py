@@ -64,7 +64,7 @@ def new_run_id(now: float | None = None) -> str:
 
 def is_run_dir_name(name: str) -> bool:
     """Whether a directory entry can be a run: hidden names (the cache, temp files) cannot."""
-    return bool(_RUN_ID.match(name))
+    return bool(_RUN_ID.fullmatch(name))  # fullmatch: "$" would also accept a trailing newline
 
 
 def _fsync_dir(path: Path) -> None:

@@ -25,7 +25,7 @@ from scalable.telemetry.importers.nextflow import import_nextflow, parse_nextflo
 from scalable.telemetry.importers.sacct import import_sacct, parse_sacct
 from scalable.telemetry.importers.swf import parse_swf
 from scalable.telemetry.loader import load_run_infos, load_tasks
-from scalable.telemetry.schema import TaskObservation
+from scalable.telemetry.schema import MAX_BYTES, MAX_SECONDS, TaskObservation
 from scalable.telemetry.store import RunStore
 
 _SETTINGS = settings(max_examples=40, deadline=None, database=None,
@@ -34,8 +34,8 @@ _SETTINGS = settings(max_examples=40, deadline=None, database=None,
 _valid = st.builds(
     dict,
     task=st.text(min_size=1, max_size=12),
-    duration_s=st.floats(0, 1e12),
-    peak_memory_bytes=st.none() | st.integers(0, 2**62),
+    duration_s=st.floats(0, MAX_SECONDS),
+    peak_memory_bytes=st.none() | st.integers(0, MAX_BYTES),
     input_features=st.dictionaries(st.text(max_size=6), st.integers(-2**53, 2**53) | st.text(max_size=6) | st.booleans(), max_size=3),
 )
 
@@ -43,6 +43,8 @@ _BAD_FIELDS = st.sampled_from([
     ("duration_s", -1), ("duration_s", "NaN"), ("duration_s", "fast"), ("peak_memory_bytes", -5), ("peak_memory_bytes", 1.5),
     ("task", ""), ("task", None), ("task", 5), ("schema_version", 99), ("schema_version", "1"), ("submitted_at", [1]),
     ("input_features", [1, 2]), ("state", "exploded"), ("worker_resources", {"cpus": -1}), ("surprise", 1),
+    ("peak_memory_bytes", 10**400), ("duration_s", float("inf")), ("duration_s", MAX_SECONDS * 2),
+    ("input_features", {"x": float("-inf")}), ("input_features", {"x": 10**400}),
 ])
 
 
