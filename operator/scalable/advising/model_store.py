@@ -8,7 +8,9 @@ code-adjacent data that the operator loads on a shared volume, so loading is fai
 * ``metadata.json`` records the file's sha256, checked before skops even opens it, so a
   truncated or edited file is refused with a clear :class:`ModelStoreError`;
 * a version is written into a temporary directory beside its final place, fsynced, and
-  renamed into place, so a reader never sees half a model and a crash leaves no ``v<N>``.
+  renamed into place, so a reader never sees half a model and a crash leaves no ``v<N>``;
+* :meth:`ModelStore.prune` keeps the newest N versions and the champion, so retraining does
+  not fill the shared volume.
 """
 
 from __future__ import annotations
@@ -192,6 +194,34 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+    def prune(self, name: str = "default", keep: int = 5, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Remove all but the newest ``keep`` versions of ``name``, never one named in ``protect``
+        (the champion); returns the versions removed, oldest first.
+
+        Every training saves a version, so without this the shared volume fills up. A version is
+        first renamed to a hidden name (one rename: a reader sees it whole or not at all), then
+        deleted; a reader that opened its files before keeps reading them.
+        """
+        if keep < 1:
+            raise ValueError(f"keep at least the newest version, not {keep}")
+        directory = self._model_dir(name)
+        versions = self.versions(name)
+        removed = []
+        for number in versions[:-keep]:
+            version = f"v{number}"
+            if version in protect:
+                continue
+            doomed = directory / f".pruned-{version}-{os.getpid()}-{os.urandom(4).hex()}"
+            try:
+                os.rename(directory / version, doomed)
+            except FileNotFoundError:
+                continue  # another process pruned it
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(version)
+        if removed:
+            _fsync_dir(directory)
+        return removed
 
     def metadata(self, name: str = "default", version: int | str | None = None) -> dict[str, Any]:
         path = self.path(name, version) / METADATA_FILE

@@ -2,7 +2,9 @@
 
 Training is due when the model was never trained for this spec generation, when
 ``retrainInterval`` has passed since the last training, or when at least
-``newRecordThreshold`` task records arrived since. Phases:
+``newRecordThreshold`` task records arrived since, but never sooner than
+:data:`~scalable.controller.training.MIN_RETRAIN_INTERVAL_S` after the last training (a spec
+asking for less is clamped, and the ``RetrainInterval`` condition says so). Phases:
 
 * ``Pending``: nothing trained yet, or waiting for the first training;
 * ``Training``: a training process is running (the champion, if any, keeps serving);
@@ -23,11 +25,11 @@ from typing import Any
 
 import pydantic
 
-from scalable.controller.conditions import merge_conditions, set_condition
+from scalable.controller.conditions import get_condition, merge_conditions, set_condition
 from scalable.controller.resources import AdvisorModelSpec
 from scalable.controller.runtime import Runtime
 from scalable.controller.timestamps import parse_time, precise_time
-from scalable.controller.training import parse_duration, read_champion
+from scalable.controller.training import MIN_RETRAIN_INTERVAL_S, parse_duration, read_champion
 from scalable.controller.workflow import _either, _is_set
 
 __all__ = ["AdvisorModelLoop", "count_records"]
@@ -106,6 +108,8 @@ class AdvisorModelLoop:
             await self._patch(body, {"phase": "Failed", "lastError": str(exc)[:1000], "observedGeneration": generation,
                                      "conditions": set_condition(conditions, "Ready", False, "InvalidSpec", str(exc)[:1000], generation=generation)})
             return 300.0
+        status["conditions"] = conditions = await self._report_interval(body, conditions, spec.retrainInterval, interval, generation)
+        interval = max(interval, MIN_RETRAIN_INTERVAL_S)
         runs_dir = rt.root.runs_dir(self.namespace, create=True)
         model_dir = rt.root.model_dir(self.namespace, self.name, create=True)
         champion = await asyncio.to_thread(read_champion, model_dir)
@@ -114,7 +118,9 @@ class AdvisorModelLoop:
         total = await asyncio.to_thread(count_records, runs_dir)
         new_records = total - int(status.get("recordsSeen") or 0)
         reason = None
-        if status.get("observedGeneration") != generation:
+        if trained_at is not None and now - trained_at < MIN_RETRAIN_INTERVAL_S:
+            pass  # whatever asks for it (spec changes, new records), never sooner than the minimum after the last
+        elif status.get("observedGeneration") != generation:
             reason = "the spec changed" if status.get("observedGeneration") is not None else "first training"
         elif trained_at is None:
             reason = "never trained"
@@ -122,6 +128,8 @@ class AdvisorModelLoop:
             reason = f"retrainInterval {spec.retrainInterval} passed"
         elif new_records >= spec.newRecordThreshold:
             reason = f"{new_records} new records (newRecordThreshold {spec.newRecordThreshold})"
+        if reason is None and trained_at is not None and now - trained_at < MIN_RETRAIN_INTERVAL_S:
+            return max(1.0, min(rt.config.training_check_interval_s, MIN_RETRAIN_INTERVAL_S - (now - trained_at)))
         if reason is None:
             if status.get("phase") == "InsufficientData" or (status.get("phase") in (None, "Pending") and champion is None):
                 # no model yet: check for enough data again soon rather than waiting the full interval
@@ -129,6 +137,23 @@ class AdvisorModelLoop:
             until = interval - (now - trained_at) if trained_at else interval
             return max(1.0, min(rt.config.training_check_interval_s, until))
         return await self._train(body, spec, generation, status, champion, reason, runs_dir, model_dir, total)
+
+    async def _report_interval(self, body: dict[str, Any], conditions: list[dict[str, Any]], asked: str,
+                               interval: float, generation: int) -> list[dict[str, Any]]:
+        """The ``RetrainInterval`` condition: False (``BelowMinimum``) while the spec asks for less
+        than the operator allows, which is then what applies; patched only when it changes."""
+        if interval < MIN_RETRAIN_INTERVAL_S:
+            wanted = ("False", "BelowMinimum", f"retrainInterval {asked} is below the operator's minimum of "
+                      f"{MIN_RETRAIN_INTERVAL_S:g}s; trainings are at least {MIN_RETRAIN_INTERVAL_S:g}s apart")
+        else:
+            wanted = ("True", "AsRequested", f"retrains every {asked}, or sooner on new records, at least "
+                      f"{MIN_RETRAIN_INTERVAL_S:g}s apart")
+        current = get_condition(conditions, "RetrainInterval") or {}
+        if (current.get("status"), current.get("reason"), current.get("message")) == wanted:
+            return conditions
+        updated = set_condition(conditions, "RetrainInterval", wanted[0], wanted[1], wanted[2], generation=generation)
+        await self._patch(body, {"conditions": updated})
+        return updated
 
     async def _train(self, body, spec, generation, status, champion, reason, runs_dir, model_dir, total) -> float:
         rt = self.rt

@@ -40,6 +40,8 @@ __all__ = [
     "AdvisorChoice",
     "AdvisorProvider",
     "COVERAGE_TOLERANCE",
+    "KEEP_VERSIONS",
+    "MIN_RETRAIN_INTERVAL_S",
     "SLACK_TOLERANCE",
     "Trainer",
     "compare",
@@ -48,6 +50,12 @@ __all__ = [
     "train_job",
 ]
 
+#: the shortest time between two trainings of one AdvisorModel (after its first): a spec asking
+#: for less (``retrainInterval: 0s``, or a tiny ``newRecordThreshold`` with a busy client) would
+#: otherwise keep the shared training pool busy and write a version per check
+MIN_RETRAIN_INTERVAL_S = 300.0
+#: model versions kept besides the champion (older challengers are pruned after each training)
+KEEP_VERSIONS = 5
 COVERAGE_TOLERANCE = 0.02
 SLACK_TOLERANCE = 0.05
 CHAMPION_FILE = "champion.json"
@@ -182,9 +190,13 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
         champion = {"version": version_dir.name, "quality": quality, "trained_at": now, "records": records, "runs": runs,
                     "model_type": advisor.model_type}
         _write_champion(model_dir, champion)
+    from scalable.advising.model_store import ModelStore
+
+    keep = int(request.get("keep_versions") or KEEP_VERSIONS)
+    pruned = ModelStore(model_dir).prune(MODEL_NAME, keep=keep, protect={str((champion or {}).get("version"))})
     base.update(
         outcome="promoted" if promote else "kept", message=why, challenger=version_dir.name, quality=quality,
-        champion=champion, trained_at=now, seconds=time.perf_counter() - started,
+        champion=champion, trained_at=now, seconds=time.perf_counter() - started, pruned=pruned,
     )
     return base
 
