@@ -9,6 +9,12 @@ code-adjacent data that the operator loads on a shared volume, so loading is fai
   truncated or edited file is refused with a clear :class:`ModelStoreError`;
 * a version is written into a temporary directory beside its final place, fsynced, and
   renamed into place, so a reader never sees half a model and a crash leaves no ``v<N>``;
+* reading follows no symbolic link below the store's root (each directory and the file are
+  opened through the descriptor of the one above with ``O_NOFOLLOW``), takes regular files
+  only, at most :data:`MAX_MODEL_FILE_BYTES`, and reads the model once: the bytes whose
+  sha256 was checked are the bytes skops loads, and the zip archive's declared sizes are
+  checked (at most :data:`MAX_INFLATED_BYTES`, and at most :data:`MAX_INFLATION` times the
+  archive) before anything is inflated, so a zip bomb costs nothing;
 * :meth:`ModelStore.prune` keeps the newest N versions and the champion, so retraining does
   not fill the shared volume.
 """
@@ -16,13 +22,17 @@ code-adjacent data that the operator loads on a shared volume, so loading is fai
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
+import io
 import json
 import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +51,15 @@ MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+#: the largest model file read, and the most its archive may declare once inflated
+MAX_MODEL_FILE_BYTES = 1 << 30
+MAX_INFLATED_BYTES = 4 << 30
+#: how many times its own size an archive may inflate to (numbers and trees compress a few times;
+#: a zip bomb by thousands)
+MAX_INFLATION = 200
+_MAX_METADATA_BYTES = 1 << 20
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: types beyond skops' own defaults (builtins, numpy arrays, scikit-learn estimators) that a
 #: model file of ours may contain; anything else makes the file untrusted
@@ -80,6 +99,48 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _read_below(root: Path, parts: list[str], limit: int) -> bytes:
+    """The bytes of ``root/parts[0]/.../parts[-1]``, each part opened through the descriptor of
+    the one above with ``O_NOFOLLOW`` (a link anywhere below ``root`` is ``ELOOP``), only if it
+    is a regular file no larger than ``limit`` (a FIFO does not block: ``O_NONBLOCK``)."""
+    fd = os.open(root, _DIR & ~os.O_NOFOLLOW)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        inner = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", "/".join(parts))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", "/".join(parts))
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 16 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_archive(data: bytes, where: Path) -> None:
+    """Refuse an archive whose members declare more than the limits, before inflating any."""
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ModelStoreError(f"model file {where} is not a skops archive: {exc}") from exc
+    declared = sum(m.file_size for m in members)
+    if declared > MAX_INFLATED_BYTES or declared > MAX_INFLATION * max(len(data), 1) + (1 << 20):
+        raise ModelStoreError(f"model file {where} declares {declared} bytes inflated from {len(data)}: refused "
+                              f"(at most {MAX_INFLATED_BYTES} and {MAX_INFLATION} times the file)")
 
 
 def frame_digest(frame: Any) -> str:
@@ -226,11 +287,10 @@ class ModelStore:
     def metadata(self, name: str = "default", version: int | str | None = None) -> dict[str, Any]:
         path = self.path(name, version) / METADATA_FILE
         try:
-            with open(path, encoding="utf-8") as handle:
-                record = json.load(handle)
+            record = json.loads(_read_below(self.root, [name, path.parent.name, METADATA_FILE], _MAX_METADATA_BYTES))
         except FileNotFoundError as exc:
             raise ModelStoreError(f"model {name!r} has no {METADATA_FILE} at {path.parent}") from exc
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ModelStoreError(f"cannot read {path}: {exc}") from exc
         if not isinstance(record, dict) or record.get("schema_version") != METADATA_SCHEMA_VERSION:
             raise ModelStoreError(f"{path} has an unknown metadata schema version")
@@ -243,23 +303,28 @@ class ModelStore:
         directory = self.path(name, version)
         record = self.metadata(name, version)
         model_path = directory / MODEL_FILE
-        if not model_path.is_file():
-            raise ModelStoreError(f"model file missing: {model_path}")
+        try:  # read once: the bytes checked below are the bytes loaded (no swap in between)
+            data = _read_below(self.root, [name, directory.name, MODEL_FILE], MAX_MODEL_FILE_BYTES)
+        except FileNotFoundError as exc:
+            raise ModelStoreError(f"model file missing: {model_path}") from exc
+        except OSError as exc:
+            raise ModelStoreError(f"cannot read model file {model_path}: {exc.strerror or exc}") from exc
         expected = record.get("model_sha256")
-        actual = _sha256(model_path)
+        actual = hashlib.sha256(data).hexdigest()
         if not expected or actual != expected:
             raise ModelStoreError(
                 f"model file {model_path} does not match the sha256 in its metadata: it was changed or is corrupt"
             )
+        _check_archive(data, model_path)
         try:
-            untrusted = set(sio.get_untrusted_types(file=model_path))
+            untrusted = set(sio.get_untrusted_types(data=data))
         except Exception as exc:  # skops raises many kinds on a malformed file
             raise ModelStoreError(f"cannot read model file {model_path}: {exc}") from exc
         refused = sorted(untrusted - set(TRUSTED_TYPES))
         if refused:
             raise ModelStoreError(f"model file {model_path} holds untrusted types: {', '.join(refused)}")
         try:
-            payload = sio.load(model_path, trusted=sorted(untrusted))
+            payload = sio.loads(data, trusted=sorted(untrusted))
         except Exception as exc:
             raise ModelStoreError(f"cannot load model file {model_path}: {exc}") from exc
         if not isinstance(payload, dict):

@@ -418,7 +418,7 @@ def ingest_app(rt: Any, audiences: list[str] | None = None, limits: IngestLimits
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return _error(507, "the telemetry volume is full; nothing was stored")
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EFBIG):
                 return _error(409, f"run {run_id!r} is not a plain run directory on the volume; push to a new run_id")
             raise
         if accepted < 0:

@@ -77,10 +77,24 @@ def parse_duration(text: str) -> float:
 
 
 def read_champion(model_dir: Path) -> dict[str, Any] | None:
+    """``champion.json``, or None when it is missing, unreadable, a link, not a regular file (a
+    FIFO would hang the reader) or larger than 1 MiB: the volume may be writable by tenants."""
+    import stat
+
     try:
-        return json.loads((model_dir / CHAMPION_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+        fd = os.open(model_dir / CHAMPION_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+            return None
+        champion = json.loads(os.read(fd, st.st_size))
+        return champion if isinstance(champion, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _write_champion(model_dir: Path, champion: dict[str, Any]) -> None:

@@ -25,6 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from scalable.telemetry.store import open_run_file
+
 __all__ = ["record_key", "model_key", "RunKeys"]
 
 _READ_CHUNK = 1 << 20
@@ -66,9 +68,8 @@ class RunKeys:
         return out
 
     def _refresh_file(self, name: str) -> set[str]:
-        path = self.run_dir / name
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:  # through the run directory's descriptor, no link followed, regular files only
+            fd = open_run_file(self.run_dir.parent, self.run_dir.name, name)
         except FileNotFoundError:
             self._files.pop(name, None)
             return set()

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -57,7 +58,7 @@ from scalable.telemetry.schema import (
     TaskState,
     WorkerObservation,
 )
-from scalable.telemetry.store import RUN_INFO_FILE, default_runs_dir, is_run_dir_name
+from scalable.telemetry.store import RUN_INFO_FILE, default_runs_dir, is_run_dir_name, read_run_file
 
 __all__ = [
     "CACHE_DIR",
@@ -239,26 +240,31 @@ def _file_key(st: os.stat_result) -> list[int]:
 def _scan(root: Path, filename: str, report: SkipReport) -> list[_RunFile]:
     """Run directories holding ``filename``, sorted by run, with the identity of each file."""
     try:
-        entries = sorted((e.name for e in os.scandir(root) if is_run_dir_name(e.name)))
+        scanned = [e for e in os.scandir(root) if is_run_dir_name(e.name)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
         report.add("unreadable_file", f"{root}: {exc.strerror}")
         return []
+    entries = []
+    for entry in sorted(scanned, key=lambda e: e.name):
+        if entry.is_symlink():  # a run linked in from elsewhere (another namespace's) is not this one's
+            report.add("unreadable_file", f"{entry.name}: a symbolic link, not a run directory")
+        elif entry.is_dir(follow_symlinks=False):
+            entries.append(entry.name)
     files = []
     base = os.fspath(root)
     for name in entries:
         path = os.path.join(base, name, filename)
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            if os.path.islink(path):
-                report.add("unreadable_file", f"{name}/{filename}: dangling link")
-            continue
-        except NotADirectoryError:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
             report.add("unreadable_file", f"{name}/{filename}: {exc.strerror}")
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a link, a FIFO (would hang the reader), a device (/dev/zero)
+            report.add("unreadable_file", f"{name}/{filename}: not a regular file")
             continue
         files.append(_RunFile(name, path, filename, _file_key(st)))
     return files
@@ -266,11 +272,8 @@ def _scan(root: Path, filename: str, report: SkipReport) -> list[_RunFile]:
 
 def _read(run_file: _RunFile, report: SkipReport) -> bytes | None:
     """The file's bytes; if it changed while being read, its key is dropped (never cached)."""
-    try:
-        with open(run_file.path, "rb") as fh:
-            before = os.fstat(fh.fileno())
-            data = fh.read()
-            after = os.fstat(fh.fileno())
+    try:  # no link followed, regular files only, at most the size it had when opened
+        data, before, after = read_run_file(os.path.dirname(os.path.dirname(run_file.path)), run_file.run, run_file.name)
     except OSError as exc:
         report.add("unreadable_file", f"{run_file.run}/{run_file.name}: {exc.strerror or exc}")
         run_file.key = None

@@ -13,14 +13,22 @@ handed to the kernel by one ``os.write`` on a file descriptor opened with ``O_AP
 kernel places every write at the current end of the file and lines never interleave. Nothing
 is buffered in user space: once ``append`` returns, the record is in the page cache and any
 reader sees it whole. ``close`` fsyncs the files and marks the run finished.
+
+The volume may be writable by tenants' pods, so nothing here follows a symbolic link inside
+it: a run directory and the files in it are opened through a directory descriptor with
+``O_NOFOLLOW`` (:func:`open_run_file`), anything but a regular file (a FIFO, a device such as
+``/dev/zero``) is refused, and reads stop at the size the file had when it was opened and at
+:data:`MAX_RUN_FILE_BYTES`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -34,8 +42,11 @@ from scalable.telemetry.schema import RECORD_FILES, RECORD_TYPES, RunInfo
 __all__ = [
     "RUN_INFO_FILE",
     "RunStore",
+    "MAX_RUN_FILE_BYTES",
     "RunWriter",
     "default_runs_dir",
+    "open_run_file",
+    "read_run_file",
     "is_run_dir_name",
     "new_run_id",
 ]
@@ -46,6 +57,52 @@ RUNS_DIR_ENV = "SCALABLE_RUNS_DIR"
 #: most bytes handed to one os.write by append_many; always a whole number of lines
 _BULK_WRITE_BYTES = 1 << 20
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,252}$")
+
+
+#: the largest run file read (two million task records); a larger one is refused, not read
+MAX_RUN_FILE_BYTES = 2 << 30
+#: the largest run.json read
+MAX_RUN_INFO_BYTES = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_run_file(runs_dir: str | os.PathLike[str], run_id: str, name: str, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of ``<runs_dir>/<run_id>/<name>``, following no symbolic link at the run
+    directory or the file, and only if that is a regular file (``OSError`` otherwise: ``ELOOP``
+    for a link, ``EINVAL`` for a FIFO, socket or device). ``O_NONBLOCK`` keeps a FIFO from
+    blocking the open; it changes nothing for a regular file."""
+    dir_fd = os.open(os.path.join(os.fspath(runs_dir), run_id), _DIR_FLAGS)
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", f"{run_id}/{name}")
+    return fd
+
+
+def read_run_file(runs_dir: str | os.PathLike[str], run_id: str, name: str,
+                  limit: int = MAX_RUN_FILE_BYTES) -> tuple[bytes, os.stat_result, os.stat_result]:
+    """The bytes of a run file as :func:`open_run_file` opens it, at most the size it had when
+    opened (a file that grows meanwhile is read to that point), refused beyond ``limit``;
+    with its ``fstat`` before and after the read (a caller tells a changing file by them)."""
+    fd = open_run_file(runs_dir, run_id, name)
+    try:
+        before = os.fstat(fd)
+        if before.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", f"{run_id}/{name}")
+        chunks, left = [], before.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 16 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return b"".join(chunks), before, after
 
 
 def default_runs_dir() -> Path:
@@ -153,12 +210,8 @@ class RunWriter:
             if self._closed:
                 raise ValueError(f"run {self.run_id} is closed")
             fd = self._fds.get(kind)
-            if fd is None:
-                fd = os.open(
-                    self.path / RECORD_FILES[kind],
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                    0o644,
-                )
+            if fd is None:  # never through a link: a tasks.jsonl linked elsewhere is refused (ELOOP)
+                fd = open_run_file(self.path.parent, self.path.name, RECORD_FILES[kind], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 self._fds[kind] = fd
             _write_all(fd, data)
 
@@ -275,6 +328,9 @@ class RunStore:
             created = True
         except FileExistsError:
             created = False
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise OSError(errno.ELOOP if os.path.islink(path) else errno.ENOTDIR,
+                              "a run must be a directory, not a link or a file", str(path))
         existing = None if created else _read_run_info(path)
         if existing is not None:
             return RunWriter(path, existing)
@@ -298,7 +354,7 @@ class RunStore:
             entries = list(os.scandir(self.root))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(e.name for e in entries if is_run_dir_name(e.name) and e.is_dir())
+        return sorted(e.name for e in entries if is_run_dir_name(e.name) and e.is_dir(follow_symlinks=False))
 
     def run_info(self, run_id: str) -> RunInfo | None:
         """The run's ``run.json``, or None when it is missing or unreadable."""
@@ -310,7 +366,7 @@ class RunStore:
 
 def _read_run_info(path: Path) -> RunInfo | None:
     try:
-        data = json.loads((path / RUN_INFO_FILE).read_bytes())
-        return RunInfo.model_validate(data)
-    except (OSError, ValueError):
+        data, _, _ = read_run_file(path.parent, path.name, RUN_INFO_FILE, MAX_RUN_INFO_BYTES)
+        return RunInfo.model_validate(json.loads(data))
+    except (OSError, ValueError, RecursionError):
         return None

@@ -169,3 +169,23 @@ async def test_the_per_run_lock_is_not_dropped_while_a_waiter_wakes(tmp_path):
         assert len(app[RUN_LOCKS_KEY]) == 0
     finally:
         await runner.cleanup()
+
+
+async def test_a_run_linked_to_another_namespace_is_not_pushed_through(tmp_path):
+    """Issue 15 point 9: a run directory of team-a that is a link into team-b's runs is 409,
+    and nothing is written into team-b's run."""
+    theirs = tmp_path / "team-b" / "runs" / "secret"
+    theirs.mkdir(parents=True)
+    (theirs / "run.json").write_text(json.dumps({"run_id": "secret", "workflow": "wf", "started_at": 1.7e9}))
+    (tmp_path / "team-a" / "runs").mkdir(parents=True)
+    (tmp_path / "team-a" / "runs" / "r1").symlink_to(theirs)
+    runner, port, _ = await _serve(tmp_path, _ScriptedApiServer())
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request(json.dumps(_records()).encode()))
+        status, answer = await _answer(reader)
+        writer.close()
+        assert status == 409 and "r1" in answer["error"], answer
+        assert sorted(p.name for p in theirs.iterdir()) == ["run.json"]
+    finally:
+        await runner.cleanup()
