@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scalable.controller.scrape_labels import SCOPE_MATCHERS, scope_labels
@@ -111,7 +112,7 @@ async def test_a_workflow_with_its_own_queries_is_asked_on_its_own(kube_api, nam
         async with running_operator(operator_options(namespace, tmp_path, prometheus_url=prometheus.url)) as handle:
             await wait_until(lambda: _decided_on(kube_api, namespace, 4.0), timeout=30, what="decided on its own query (12 / 3)")
             assert await _replicas(kube_api, namespace, "sim") > 1
-            assert handle.runtime.queue_batcher.requests == 0, "custom queries never go through the batch"
+            assert handle.runtime.queue_batcher.requests["queue"] == 0, "custom queue queries never go through the batch"
     finally:
         await ours.stop()
 
@@ -120,3 +121,52 @@ async def _decided_on(api, namespace, queued):
     wf = await get(api, namespace, "ScalableWorkflow", "wf")
     decision = ((wf.get("status") or {}).get("groups") or [{}])[0].get("lastDecision") or {}
     return decision.get("queued") == queued
+
+
+class _WorkerExporter(QueueExporter):
+    """A worker's /metrics: its managed memory (the scrape's ``instance`` names the worker)."""
+
+    memory = 3 * 2**30
+
+    async def _metrics(self, request):
+        from aiohttp import web
+
+        text = ("# TYPE dask_worker_memory_bytes gauge\n"
+                f'dask_worker_memory_bytes{{type="managed"}} {float(self.memory)}\n'
+                'dask_worker_memory_bytes{type="spilled"} 1e12\n')
+        return web.Response(text=text, content_type="text/plain")
+
+
+@pytest.mark.parametrize("batch_age_s", [1.0, 0.0], ids=["grouped", "per-workflow"])
+async def test_worker_memory_is_recorded_from_one_grouped_query(kube_api, namespace, tmp_path, prometheus, batch_age_s):
+    """Memory in use is bytes, gigabytes of them: checked against the telemetry's bound, not the
+    1e8 that bounds a task count (which refused every real worker's memory, on both paths)."""
+    import json
+
+    scheduler = await QueueExporter(queued=0, processing=0).start()
+    worker = await _WorkerExporter().start()
+    other = await _WorkerExporter().start()  # the same cluster name in another namespace
+    prometheus.add_target("sched", scheduler.address, labels=scope_labels(namespace, "sim"))
+    prometheus.add_target("w", worker.address, labels=scope_labels(namespace, "sim"))
+    prometheus.add_target("w-other", other.address, labels=scope_labels("other-team", "sim"))
+    await asyncio.to_thread(prometheus.wait_for, "count(dask_worker_memory_bytes)", lambda v: v == 4, 30)
+    await create_dask_cluster(kube_api, namespace, "sim", replicas=1)
+    groups = [{"name": "default", "task": "simulate", "minWorkers": 1, "maxWorkers": 2}]
+    await create(kube_api, namespace, scalable_workflow("wf", "sim", groups=groups, scaling=_scaling()))
+    runs = tmp_path / namespace / "runs"
+
+    def recorded():
+        lines = [json.loads(line) for path in runs.glob("*/workers.jsonl") for line in path.read_text().splitlines()]
+        return lines or None
+
+    try:
+        options = operator_options(namespace, tmp_path, prometheus_url=prometheus.url)
+        options.config.prometheus_batch_age_s = batch_age_s
+        async with running_operator(options) as handle:
+            lines = await wait_until(lambda: asyncio.to_thread(recorded), timeout=40, what="worker memory recorded")
+            assert {line["worker"] for line in lines} == {worker.address}, "only this namespace's worker"
+            assert {line["memory_bytes"] for line in lines} == {3 * 2**30}, "spilled bytes are not memory in use"
+            assert (handle.runtime.queue_batcher is None) == (batch_age_s == 0)
+    finally:
+        for exporter in (scheduler, worker, other):
+            await exporter.stop()

@@ -25,6 +25,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from scalable.controller.prometheus_policy import AddressNotAllowed
+from scalable.telemetry.schema import MAX_BYTES
 from scalable.controller.promql_scope import QueryNotAllowed, check_scoped
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
 
 #: above this a task or worker count is a broken exporter, not a busy cluster
 MAX_PLAUSIBLE = 1e8
+#: memory in bytes is checked against the telemetry's own bound instead (1 PiB)
+MAX_MEMORY_BYTES = float(MAX_BYTES)
 QUEUED_STATES = frozenset({"queued", "no-worker", "waiting"})
 #: a query answer or a scheduler's exposition larger than this is not read further
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
@@ -91,7 +94,7 @@ def scoped_query(queries: Mapping[str, str] | Any, name: str, cluster: str, name
     return promql
 
 
-def check_value(raw: Any, what: str) -> float:
+def check_value(raw: Any, what: str, maximum: float = MAX_PLAUSIBLE) -> float:
     """A sample value as a float, refused when it is not a plausible count (the value is not
     repeated in the message: it came from the URL)."""
     try:
@@ -102,8 +105,8 @@ def check_value(raw: Any, what: str) -> float:
         raise MetricsUnavailable("BadValue", f"{what}: the sample is NaN or infinite")
     if value < 0:
         raise MetricsUnavailable("BadValue", f"{what}: the sample is negative")
-    if value > MAX_PLAUSIBLE:
-        raise MetricsUnavailable("BadValue", f"{what}: the sample is implausibly large (above {MAX_PLAUSIBLE:g})")
+    if value > maximum:
+        raise MetricsUnavailable("BadValue", f"{what}: the sample is implausibly large (above {maximum:g})")
     return value
 
 
@@ -188,7 +191,7 @@ class PrometheusClient:
             raise MetricsUnavailable("AmbiguousQuery", f"{what}: more than one series; the query must aggregate to one (wrap it in sum())")
         return check_value(_sample(result[0]), what)
 
-    async def query_series(self, promql: str, what: str = "query") -> dict[str, float]:
+    async def query_series(self, promql: str, what: str = "query", maximum: float = MAX_PLAUSIBLE) -> dict[str, float]:
         """Every series of an instant vector, keyed by its ``instance`` (or all labels); checked."""
         data = await self._data(promql, what)
         result = data.get("result")
@@ -199,10 +202,11 @@ class PrometheusClient:
             labels = series.get("metric") if isinstance(series, dict) else None
             labels = labels if isinstance(labels, dict) else {}
             key = labels.get("instance") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-            out[str(key)] = check_value(_sample(series), what)
+            out[str(key)] = check_value(_sample(series), what, maximum)
         return out
 
-    async def grouped(self, promql: str, labels: tuple[str, ...], what: str = "query") -> dict[tuple[str, ...], float]:
+    async def grouped(self, promql: str, labels: tuple[str, ...], what: str = "query",
+                      maximum: float = MAX_PLAUSIBLE) -> dict[tuple[str, ...], float]:
         """Every series of an instant vector keyed by the values of ``labels`` (an aggregation
         ``by`` them; a series lacking one is skipped), each value checked."""
         data = await self._data(promql, what)
@@ -215,7 +219,7 @@ class PrometheusClient:
             metric = metric if isinstance(metric, dict) else {}
             key = tuple(metric.get(label) for label in labels)
             if all(isinstance(v, str) for v in key):
-                out[key] = check_value(_sample(series), what)
+                out[key] = check_value(_sample(series), what, maximum)
         return out
 
     async def queue_metrics(self, queries: Mapping[str, str] | Any, cluster: str, namespace: str,
@@ -236,7 +240,8 @@ class PrometheusClient:
     async def worker_memory(self, queries: Mapping[str, str] | Any, cluster: str, namespace: str,
                             group: str = "default") -> dict[str, float]:
         """Memory in use per worker of one group (the ``workerMemory`` query), scoped like the rest."""
-        return await self.query_series(scoped_query(queries, "workerMemory", cluster, namespace, group), "workerMemory")
+        return await self.query_series(scoped_query(queries, "workerMemory", cluster, namespace, group), "workerMemory",
+                                       MAX_MEMORY_BYTES)
 
 
 def _sample(series: Any) -> Any:

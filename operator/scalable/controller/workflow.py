@@ -428,10 +428,15 @@ class WorkflowLoop:
             return  # the scaling poll reports it (PrometheusAvailable=False)
         if client is None:
             return
+        batcher = self.rt.queue_batcher
+        grouped = batcher is not None and batchable(spec.scaling.prometheus.queries, DEFAULT_QUERIES, ("workerMemory",))
         for target in targets:
             try:
-                memory = await client.worker_memory(spec.scaling.prometheus.queries, spec.clusterRef.name, self.namespace,
-                                                    target.group.name)
+                if grouped:
+                    memory = await batcher.worker_memory(client.url, client.timeout, self.namespace, spec.clusterRef.name)
+                else:
+                    memory = await client.worker_memory(spec.scaling.prometheus.queries, spec.clusterRef.name, self.namespace,
+                                                        target.group.name)
             except MetricsUnavailable as exc:
                 # the reason and the operator's own wording only (issue 15: no read-back)
                 log.info("worker memory of %s/%s not recorded: %s (%s)", self.namespace, self.name, exc.reason, exc.message)

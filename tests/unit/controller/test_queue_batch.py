@@ -21,11 +21,14 @@ class Prometheus:
         self.fail: MetricsUnavailable | None = None
         self.clusters = clusters
 
-    async def fetch(self, url, timeout, promql, what):
+    async def fetch(self, url, timeout, promql, what, labels):
         self.calls.append(what)
         await asyncio.sleep(0.01)
         if self.fail is not None:
             raise self.fail
+        if what == "workerMemory":
+            assert labels == ("namespace", "dask_org_cluster_name", "instance")
+            return {("team", f"c{i}", f"10.0.0.{w}:8788"): 1e9 * (i + w) for i in range(self.clusters) for w in range(2)}
         base = {"queued": 100.0, "processing": 10.0, "workers": 1.0}[what]
         return {("team", f"c{i}"): base + i for i in range(self.clusters)}
 
@@ -82,3 +85,14 @@ def test_only_the_default_queries_are_batched():
     assert batchable(defaults, PrometheusQueries())
     custom = PrometheusQueries(queued='sum(dask_scheduler_tasks{state="queued",namespace="$namespace",dask_org_cluster_name="$cluster"})')
     assert not batchable(custom, PrometheusQueries())
+
+
+async def test_worker_memory_is_one_grouped_query_shared_for_longer():
+    prom, clock = Prometheus(clusters=3), Clock()
+    batcher = QueueBatcher(prom.fetch, window_s=0.0, max_age_s=1.0, memory_max_age_s=15.0, clock=clock)
+    first = await batcher.worker_memory("http://p", 5, "team", "c1")
+    assert first == {"10.0.0.0:8788": 1e9, "10.0.0.1:8788": 2e9}
+    clock.now = 10.0
+    assert await batcher.worker_memory("http://p", 5, "team", "c2") == {"10.0.0.0:8788": 2e9, "10.0.0.1:8788": 3e9}
+    assert prom.calls == ["workerMemory"], "shared for 15 s"
+    assert await batcher.worker_memory("http://p", 5, "other", "c1") == {}
