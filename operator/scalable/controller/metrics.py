@@ -22,6 +22,10 @@ class OperatorMetrics:
         r = self.registry
         self.reconciles = Counter("scalable_reconcile", "Reconcile iterations", ["kind"], registry=r)
         self.reconcile_errors = Counter("scalable_reconcile_errors", "Reconcile iterations that failed", ["kind", "reason"], registry=r)
+        self.status_writes = Counter(
+            "scalable_status_writes", "Status writes of ScalableWorkflow polls: written, or unchanged (nothing new to say, "
+            "so no PATCH)", ["result"], registry=r,
+        )
         self.decisions = Counter("scalable_scaling_decisions", "Scaling decisions", ["namespace", "workflow", "group", "action"], registry=r)
         self.recommended_cpu = Gauge("scalable_recommended_cpu", "Recommended worker CPUs (after bounds)", ["namespace", "workflow", "group"], registry=r)
         self.recommended_memory = Gauge("scalable_recommended_memory_bytes", "Recommended worker memory (after bounds)", ["namespace", "workflow", "group"], registry=r)

@@ -29,6 +29,10 @@ __all__ = ["OperatorConfig", "Runtime", "DEFAULT_SCHEDULER_URL"]
 #: dask-kubernetes names the scheduler Service ``<cluster>-scheduler``; its dashboard port is 8787
 DEFAULT_SCHEDULER_URL = "http://$cluster-scheduler.$namespace.svc:8787"
 
+#: how stale the shared DaskAutoscaler list of a namespace may be: a DaskAutoscaler created on a
+#: cluster makes its workflow hold within this long (plus a poll)
+AUTOSCALER_LIST_MAX_AGE_S = 5.0
+
 
 @dataclass
 class OperatorConfig:
@@ -62,6 +66,7 @@ class Runtime:
     trainer: Any = None
     _autoscalers: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
     queue_batcher: QueueBatcher | None = field(init=False)
+    _autoscaler_lists: dict[str, asyncio.Future] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = TelemetryRoot(self.config.telemetry_path)
@@ -70,15 +75,26 @@ class Runtime:
         age = float(self.config.prometheus_batch_age_s)
         self.queue_batcher = QueueBatcher(client_fetch(self.session), max_age_s=age) if age > 0 else None
 
-    async def autoscalers(self, namespace: str, max_age_s: float = 5.0) -> list[dict[str, Any]]:
+    async def autoscalers(self, namespace: str, max_age_s: float = AUTOSCALER_LIST_MAX_AGE_S) -> list[dict[str, Any]]:
         """DaskAutoscalers of a namespace, listed at most every ``max_age_s`` (shared by all
-        workflows there, so 500 workflows do not list them 500 times per poll interval)."""
+        workflows there, so 500 workflows do not list them 500 times per poll interval).
+
+        The polls of many workflows come due together; those that find the list stale while
+        one LIST is already on its way wait for that one instead of sending their own."""
         cached = self._autoscalers.get(namespace)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < max_age_s:
+        if cached is not None and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
+        pending = self._autoscaler_lists.get(namespace)
+        if pending is None:
+            pending = asyncio.ensure_future(self._list_autoscalers(namespace))
+            self._autoscaler_lists[namespace] = pending
+            pending.add_done_callback(lambda _: self._autoscaler_lists.pop(namespace, None))
+        # shielded: one waiter cancelled (its daemon stopped) must not cancel the others' LIST
+        return await asyncio.shield(pending)
+
+    async def _list_autoscalers(self, namespace: str) -> list[dict[str, Any]]:
         items = await self.kube.list("DaskAutoscaler", namespace)
-        self._autoscalers[namespace] = (now, items)
+        self._autoscalers[namespace] = (time.monotonic(), items)
         return items
 
     def wakeup(self, kind: str, namespace: str, name: str) -> asyncio.Event:

@@ -57,6 +57,8 @@ __all__ = ["PollDeps", "PollResult", "poll_once", "make_scaler", "restore_histor
 MetricsFn = Callable[[str, str, ScalableWorkflowSpec, "str | None"], Awaitable[QueueMetrics]]
 SchedulerFn = Callable[[str, str], Awaitable[QueueMetrics]]
 RecordFn = Callable[[str, str, list[Any], float], Awaitable[None]]
+#: what :func:`resolve_targets` returns: the DaskCluster (or None), the groups' targets, the problems
+Resolved = tuple["dict[str, Any] | None", list[GroupTarget], list[str]]
 
 
 @dataclass
@@ -159,11 +161,14 @@ async def _read_metrics(deps: PollDeps, namespace: str, cluster: str, spec: Scal
 
 
 async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveScaler, now: float,
-                    history: ScalingHistory | None = None) -> PollResult:
+                    history: ScalingHistory | None = None, resolved: Resolved | None = None) -> PollResult:
     """Read, decide and (if allowed) patch replicas once. Status is the caller's to write.
 
     ``history`` is the one the last poll returned (``result.history``); a new process passes
-    None and the poll rebuilds it from the annotations and the status.
+    None and the poll rebuilds it from the annotations and the status. ``resolved`` is what
+    :func:`resolve_targets` returned to a caller that just read the Dask objects and wrote
+    nothing to them since (their ``resourceVersion`` still guards the replica patch): the poll
+    then does not GET them a second time.
     """
     namespace = body["metadata"]["namespace"]
     spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
@@ -173,7 +178,7 @@ async def poll_once(deps: PollDeps, body: Mapping[str, Any], scaler: AdaptiveSca
     cluster_name = spec.clusterRef.name
     workflow_key = f"{namespace}/{body['metadata']['name']}"
 
-    cluster, targets, problems = await resolve_targets(deps.kube, namespace, spec)
+    cluster, targets, problems = resolved if resolved is not None else await resolve_targets(deps.kube, namespace, spec)
     if cluster is None:
         result.condition("Scaling", False, "ClusterNotFound", problems[0])
         return result

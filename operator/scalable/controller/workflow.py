@@ -29,6 +29,7 @@ from scalable.controller.prometheus import MetricsUnavailable, QueueMetrics
 from scalable.controller.queue_batch import batchable
 from scalable.controller.resources import PrometheusQueries, ScalableWorkflowSpec
 from scalable.controller.runtime import Runtime, no_prometheus
+from scalable.controller.status_writes import StatusWrites, changed
 from scalable.controller.dask_objects import (
     DEFAULT_GROUP,
     GroupTarget,
@@ -250,6 +251,7 @@ class WorkflowLoop:
         self.errors = 0
         self.hold_recorded: dict[str, float] = {}
         self.worker_pods = worker_pods.WorkerPodsCheck(rt.kube)
+        self.status_writes = StatusWrites()
 
     async def _prometheus(self, namespace: str, cluster: str, spec: ScalableWorkflowSpec, group: str | None) -> QueueMetrics:
         client = self.rt.prometheus_for(spec)
@@ -325,9 +327,11 @@ class WorkflowLoop:
                 body = await rt.kube.get("ScalableWorkflow", self.namespace, self.name)
                 if body is None:
                     return None
-                conditions = set_condition((body.get("status") or {}).get("conditions"), "Ready", False, "ReconcileError",
+                previous = body.get("status") or {}
+                conditions = set_condition(previous.get("conditions"), "Ready", False, "ReconcileError",
                                            f"{reason}: {exc}"[:1000], now=now)
-                await rt.kube.patch_status("ScalableWorkflow", self.namespace, self.name, {"conditions": conditions})
+                if any(changed(previous, {"conditions": conditions})):
+                    await rt.kube.patch_status("ScalableWorkflow", self.namespace, self.name, {"conditions": conditions})
             except Exception:  # noqa: BLE001
                 pass
             return min(300.0, 5.0 * 2 ** min(self.errors, 6))
@@ -341,7 +345,9 @@ class WorkflowLoop:
             spec = ScalableWorkflowSpec.model_validate(body.get("spec") or {})
         except pydantic.ValidationError as exc:
             conditions = set_condition(status.get("conditions"), "Ready", False, "InvalidSpec", str(exc)[:1000], generation=generation, now=now)
-            await rt.kube.patch_status("ScalableWorkflow", namespace, name, {"conditions": conditions, "observedGeneration": generation})
+            invalid = {"conditions": conditions, "observedGeneration": generation}
+            if any(changed(status, invalid)):
+                await rt.kube.patch_status("ScalableWorkflow", namespace, name, invalid)
             return 60.0
         self.errors = 0
         choice = await rt.advisors.for_workflow(namespace, spec)
@@ -359,6 +365,7 @@ class WorkflowLoop:
             pods = await self.worker_pods.read(namespace, spec.clusterRef.name,
                                                {g.resourcePolicy.containerName for g in spec.workerGroups})
         sizing_result = SizingResult()
+        sized_now = False  # sizing may patch the templates: the poll must then read them again
         sizing_key = (generation, choice.version, oom_evidence(targets, pods))
         if paused(body):
             # no template writes; sized again as soon as the annotation is gone
@@ -368,6 +375,7 @@ class WorkflowLoop:
         elif cluster is not None and (sizing_key != self.sized_key or now - self.sized_at >= rt.config.sizing_interval_s
                                       or (get_condition(status.get("conditions"), "Sized") or {}).get("reason") == "Paused"):
             sizing_result = await size_groups(rt, body, spec, targets, choice.advisor, choice.version, pods)
+            sized_now = True
             if not any(c["type"] == "Sized" and c["status"] is False and c["reason"] == "SizingIncomplete" and "retrying" in c["message"] for c in sizing_result.conditions):
                 self.sized_key, self.sized_at = sizing_key, now
             updates += sizing_result.conditions
@@ -381,7 +389,8 @@ class WorkflowLoop:
 
         deps = PollDeps(kube=rt.kube, prometheus=self._prometheus, scheduler=self._scheduler, record=self._record,
                         autoscalers=rt.autoscalers)
-        poll = await poll_once(deps, body, self.scaler, now, self.history)
+        poll = await poll_once(deps, body, self.scaler, now, self.history,
+                               resolved=None if sized_now else (cluster, targets, problems))
         held = next((c["reason"] for c in poll.conditions if c["type"] == "Scaling" and c["status"] is False), None)
         rt.metrics.scaling_state(namespace, name, held)
         if poll.history is not None:
@@ -411,7 +420,14 @@ class WorkflowLoop:
             "observedGeneration": generation,
             "conditions": merge_conditions(status.get("conditions"), updates, generation=generation, now=now),
         }
-        await rt.kube.patch_status("ScalableWorkflow", namespace, name, new_status)
+        threshold = spec.scaling.fallback.failureThreshold if spec.scaling.fallback is not None else 1
+        tick = time.monotonic()
+        if self.status_writes.due(status, new_status, tick, threshold):
+            await rt.kube.patch_status("ScalableWorkflow", namespace, name, new_status)
+            self.status_writes.wrote(tick)
+            rt.metrics.status_writes.labels("written").inc()
+        else:
+            rt.metrics.status_writes.labels("unchanged").inc()
         for reason, type_, message in events:
             await rt.kube.event(body, reason, message, type_)
         if poll.metrics is not None and now - self.observed_at >= rt.config.observe_interval_s and cluster is not None:
