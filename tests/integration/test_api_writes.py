@@ -21,6 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from scalable.controller.runtime import AUTOSCALER_LIST_MAX_AGE_S
+from scalable.controller.status_writes import HEARTBEAT_INTERVAL_S
 from scalable.controller.scrape_labels import scope_labels
 from tests.integration.harness import (
     QueueExporter,
@@ -132,7 +133,12 @@ async def test_steady_workflows_write_nothing_and_read_once_per_poll(kube_cluste
                   ", ".join(f"{' '.join(filter(None, k))} {n / elapsed:.2f}" for n, k in dict.fromkeys(busiest) if n > 0))
 
             assert polls >= WORKFLOWS * elapsed / POLL_S * 0.6, f"the loops were not polling ({polls:.0f} polls)"
-            assert status_patches == 0, f"{status_patches:.0f} status PATCHes while nothing changed ({polls:.0f} polls)"
+            # nothing changed: at most each workflow's heartbeat (a hold's time, once a minute) may
+            # fall in the window (in CI the first "holding" writes spread over up to a minute of
+            # startup); the old code wrote once per poll (131 in 135 polls)
+            heartbeats = WORKFLOWS * math.ceil(elapsed / HEARTBEAT_INTERVAL_S)
+            assert status_patches <= heartbeats, f"{status_patches:.0f} status PATCHes while nothing changed ({polls:.0f} polls)"
+            assert status_patches <= 0.1 * polls
             assert autoscaler_lists <= math.ceil(elapsed / AUTOSCALER_LIST_MAX_AGE_S) + 1, (
                 f"{autoscaler_lists:.0f} DaskAutoscaler LISTs in {elapsed:.0f} s for one namespace")
             assert cluster_gets <= polls * 1.1 + WORKFLOWS, f"{cluster_gets:.0f} DaskCluster GETs for {polls:.0f} polls"
