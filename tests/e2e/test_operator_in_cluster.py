@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import yaml
 
 from tests.support.chart import CHART_DIR, helm
 from tests.support.dask_kubernetes import kubectl
@@ -83,7 +82,9 @@ def _install(kubeconfig, namespace, image_ref, volume_dir, tmp_path, *, tmpfs_si
         **(extra_values or {}),
     }
     values_file = tmp_path / "values.yaml"
-    values_file.write_text(yaml.safe_dump(values))
+    # JSON (which is YAML) quotes every string: an image tag such as 291207e7 written as plain
+    # YAML by PyYAML is a float to Helm's parser, and the chart's schema refuses it
+    values_file.write_text(json.dumps(values, indent=2))
     helm("install", RELEASE, str(CHART_DIR), "--namespace", namespace, "-f", str(values_file),
          "--wait", "--timeout=240s", kubeconfig=kubeconfig, timeout=300)
     return pv, values_file
