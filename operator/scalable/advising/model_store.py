@@ -36,6 +36,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from scalable.telemetry.store import read_fd
+
 __all__ = [
     "ModelStore",
     "ModelStoreError",
@@ -119,14 +121,7 @@ def _read_below(root: Path, parts: list[str], limit: int) -> bytes:
             raise OSError(errno.EINVAL, "not a regular file", "/".join(parts))
         if st.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", "/".join(parts))
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 16 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, st.st_size)
     finally:
         os.close(fd)
 

@@ -247,18 +247,23 @@ class InputTrend:
     def predict_log(self, tasks: Sequence[str], inputs: pd.DataFrame) -> np.ndarray:
         """Each row's log peak on its task's line (NaN for a task without one); ``inputs`` as in
         :meth:`fit`, row-aligned with ``tasks``."""
-        tasks = np.asarray(tasks, dtype=object).astype(str)
         out = np.full(len(tasks), np.nan)
+        for _, trend, rows in self._rows_by_task(tasks, inputs):
+            for i, x in rows:
+                out[i] = trend.centre(x)
+        return out
+
+    def _rows_by_task(self, tasks: Sequence[str], inputs: pd.DataFrame):
+        """(task, its line, [(row, its input or None), ...]) for every task of ``tasks`` with a line."""
+        tasks = np.asarray(tasks, dtype=object).astype(str)
         columns = {str(c): pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float) for c in inputs.columns}
         for task, rows in pd.Series(tasks).groupby(tasks, sort=False).indices.items():
             trend = self.trends_.get(str(task))
             if trend is None:
                 continue
             values = columns.get(trend.feature) if trend.feature is not None else None
-            for i in rows:
-                x = values[i] if values is not None else math.nan
-                out[i] = trend.centre(x if math.isfinite(x) and x > 0 else None)
-        return out
+            xs = [values[i] if values is not None else math.nan for i in rows]
+            yield str(task), trend, [(i, x if math.isfinite(x) and x > 0 else None) for i, x in zip(rows, xs)]
 
     def with_margins(self, forms: Mapping[str, str]) -> "InputTrend":
         """The same lines with the margin form of the tasks in ``forms`` replaced (the form a
@@ -274,22 +279,14 @@ class InputTrend:
         """Each row's log upper bound on its task's line at ``coverage`` (NaN without a line): what
         :meth:`upper` answers, for many rows at once; ``inputs`` as in :meth:`fit`. ``margin``
         ("log" or "bytes") overrides each task's own margin form."""
-        tasks = np.asarray(tasks, dtype=object).astype(str)
         out = np.full(len(tasks), np.nan)
-        columns = {str(c): pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float) for c in inputs.columns}
-        for task, rows in pd.Series(tasks).groupby(tasks, sort=False).indices.items():
-            trend = self.trends_.get(str(task))
-            if trend is None:
-                continue
+        for task, trend, rows in self._rows_by_task(tasks, inputs):
             if margin is not None and margin != trend.margin:
                 trend = TaskTrend(**{**asdict(trend), "margin": margin})
-            values = columns.get(trend.feature) if trend.feature is not None else None
             pooled_q = self.quantile(trend, coverage)[0]
-            for i in rows:
-                x = values[i] if values is not None else math.nan
-                x = x if math.isfinite(x) and x > 0 else None
+            for i, x in rows:
                 centre = trend.centre(x)
-                own = self._own_upper(trend, str(task), centre, x, coverage)
+                own = self._own_upper(trend, task, centre, x, coverage)
                 out[i] = own if own is not None else centre + pooled_q * trend.sigma * math.sqrt(1.0 + trend.leverage(x))
         return out
 

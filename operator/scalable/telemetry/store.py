@@ -82,6 +82,18 @@ def open_run_file(runs_dir: str | os.PathLike[str], run_id: str, name: str, flag
     return fd
 
 
+def read_fd(fd: int, size: int) -> bytes:
+    """At most ``size`` bytes from ``fd`` (its size when opened: what grows after is not read)."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.read(fd, min(left, 16 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_run_file(runs_dir: str | os.PathLike[str], run_id: str, name: str,
                   limit: int = MAX_RUN_FILE_BYTES) -> tuple[bytes, os.stat_result, os.stat_result]:
     """The bytes of a run file as :func:`open_run_file` opens it, at most the size it had when
@@ -92,17 +104,11 @@ def read_run_file(runs_dir: str | os.PathLike[str], run_id: str, name: str,
         before = os.fstat(fd)
         if before.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", f"{run_id}/{name}")
-        chunks, left = [], before.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 16 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+        data = read_fd(fd, before.st_size)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    return b"".join(chunks), before, after
+    return data, before, after
 
 
 def default_runs_dir() -> Path:
